@@ -1,0 +1,222 @@
+"""bastion.toml and the home directory, validated at load into frozen dataclasses.
+
+This is the one place that reads environment variables (`BASTION_HOME`,
+`BASTION_CA_PASSPHRASE`). An unknown key or a value of the wrong type is a
+`ConfigError` naming the key and the file; nothing else in bastion re-validates.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError, InvalidInput
+from bastion.timespec import parse_duration
+
+CONFIG_NAME = "bastion.toml"
+
+DEFAULT_CONFIG_TEXT = """\
+# bastion.toml: configuration of the bastion whose home is this directory.
+# Every key is optional; the values shown are the defaults.
+# Durations are written like 90s, 30m, 2h or 1h30m.
+
+[server]
+# Address the SSH gateway listens on (`bastion serve`).
+listen = "127.0.0.1:2222"
+# Host and port that agents use to reach the bastion, as printed in `ssh` lines
+# after `bastion grant issue`. Empty means the listen address.
+advertise = ""
+
+[store]
+# State store (grants, targets, sessions, audit chain). SQLite, relative to the home.
+path = "state.db"
+
+[recordings]
+# Where session recordings are written, relative to the home.
+dir = "recordings"
+
+[grants]
+# TTL of a grant when `--ttl` is not given.
+default_ttl = "30m"
+# Shortest and longest TTL a grant may have. Just-in-time access means hours, not days.
+min_ttl = "1m"
+max_ttl = "8h"
+# Certificates are valid from this long before issuance, to absorb clock skew.
+clock_skew = "60s"
+"""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:2222"
+    advertise: str = ""
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.listen, "server.listen")
+
+    @property
+    def advertised_host_port(self) -> tuple[str, int]:
+        if self.advertise:
+            return split_host_port(self.advertise, "server.advertise")
+        return self.listen_host_port
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = "state.db"
+
+
+@dataclass(frozen=True)
+class RecordingsConfig:
+    dir: str = "recordings"
+
+
+@dataclass(frozen=True)
+class GrantsConfig:
+    default_ttl: timedelta = timedelta(minutes=30)
+    min_ttl: timedelta = timedelta(minutes=1)
+    max_ttl: timedelta = timedelta(hours=8)
+    clock_skew: timedelta = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
+    grants: GrantsConfig = field(default_factory=GrantsConfig)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "store": StoreConfig,
+    "recordings": RecordingsConfig,
+    "grants": GrantsConfig,
+}
+
+
+def split_host_port(value: str, key: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    return host, int(port_text)
+
+
+def _convert(section: str, key: str, value: Any, default: Any, source: Path) -> Any:
+    where = f"'{section}.{key}' in {source}"
+    if isinstance(default, timedelta):
+        if not isinstance(value, str):
+            raise ConfigError(f'{where} must be a duration string like "30m"')
+        try:
+            return parse_duration(value)
+        except InvalidInput as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if type(value) is not type(default):
+        raise ConfigError(
+            f"{where} must be of type {type(default).__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def parse_config(data: dict[str, Any], source: Path) -> Config:
+    sections: dict[str, Any] = {}
+    for name, body in data.items():
+        cls = _SECTIONS.get(name)
+        if cls is None:
+            raise ConfigError(f"unknown section or key '{name}' in {source}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"'{name}' in {source} must be a table ([{name}])")
+        defaults = cls()
+        values = {}
+        for key, value in body.items():
+            if not hasattr(defaults, key):
+                raise ConfigError(f"unknown key '{name}.{key}' in {source}")
+            values[key] = _convert(name, key, value, getattr(defaults, key), source)
+        sections[name] = cls(**values)
+    config = Config(**sections)
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: Config, source: Path) -> None:
+    grants = config.grants
+    if grants.min_ttl < timedelta(seconds=1):
+        raise ConfigError(f"'grants.min_ttl' in {source} must be at least 1s")
+    if not grants.min_ttl <= grants.default_ttl <= grants.max_ttl:
+        raise ConfigError(f"'grants' in {source}: need min_ttl <= default_ttl <= max_ttl")
+    config.server.listen_host_port  # noqa: B018  (validates)
+    config.server.advertised_host_port  # noqa: B018
+
+
+def load_config(home: Path) -> Config:
+    """Read `<home>/bastion.toml`; a missing file means all defaults."""
+    path = home / CONFIG_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"can't read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+@dataclass(frozen=True)
+class Home:
+    """The bastion's home directory and the well-known paths inside it."""
+
+    root: Path
+    config: Config
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.keys_dir / "ca"
+
+    @property
+    def ca_pub(self) -> Path:
+        return self.keys_dir / "ca.pub"
+
+    @property
+    def host_key(self) -> Path:
+        return self.keys_dir / "host_ed25519"
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / self.config.store.path
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.root / self.config.recordings.dir
+
+
+def resolve_home(explicit: str | None) -> Path:
+    """`--home`, else `BASTION_HOME`, else the current directory."""
+    chosen = explicit or os.environ.get("BASTION_HOME") or os.getcwd()
+    return Path(chosen).expanduser().absolute()
+
+
+def open_home(explicit: str | None) -> Home:
+    root = resolve_home(explicit)
+    return Home(root=root, config=load_config(root))
+
+
+def ca_passphrase() -> bytes | None:
+    value = os.environ.get("BASTION_CA_PASSPHRASE")
+    return value.encode("utf-8") if value else None

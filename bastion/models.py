@@ -1,0 +1,166 @@
+"""Frozen value types that cross layers: targets, grants, audit events.
+
+No I/O and no policy here: only the shape of the facts the other layers exchange.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class TargetKind(enum.StrEnum):
+    SSH = "ssh"
+    POSTGRES = "postgres"
+
+
+class SslMode(enum.StrEnum):
+    DISABLE = "disable"
+    REQUIRE = "require"
+    VERIFY_FULL = "verify-full"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something agents reach through the bastion, and how the bastion logs in to it.
+
+    The login's secret (SSH private key or database password) is not part of this
+    value: it lives in the store apart from the target and only the gateway reads it.
+    """
+
+    name: str
+    kind: TargetKind
+    host: str
+    port: int
+    user: str
+    created_at: datetime
+    created_by: str
+    host_key: str | None = None  # ssh: the pinned OpenSSH public key line
+    database: str | None = None  # postgres
+    sslmode: SslMode | None = None  # postgres
+    sslrootcert: str | None = None  # postgres, verify-full
+
+    def public_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind.value,
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+        }
+        if self.kind is TargetKind.SSH:
+            data["host_key"] = self.host_key
+        else:
+            data["database"] = self.database
+            data["sslmode"] = self.sslmode.value if self.sslmode else None
+            data["sslrootcert"] = self.sslrootcert
+        return data
+
+
+@dataclass(frozen=True)
+class TargetSecret:
+    """The upstream credential: an OpenSSH private key (ssh) or a password (postgres)."""
+
+    value: str = field(repr=False)
+
+
+class GrantState(enum.StrEnum):
+    ACTIVE = "active"
+    NOT_YET_VALID = "not-yet-valid"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    at: datetime
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One deliberate permission: this agent, these targets, this task, this window.
+
+    It is also the record of the certificate issued for it (serial, key id, key
+    fingerprint), so the gateway can tell the bastion's own certificate from a copy.
+    """
+
+    id: str
+    agent: str
+    task: str
+    reason: str
+    targets: tuple[str, ...]
+    valid_after: datetime
+    valid_before: datetime
+    created_at: datetime
+    created_by: str
+    serial: int
+    key_id: str
+    key_fingerprint: str
+    permit_pty: bool
+    permit_port_forwarding: bool
+    source_addresses: tuple[str, ...] = ()
+    force_command: str | None = None
+    revocation: Revocation | None = None
+
+    def state(self, now: datetime) -> GrantState:
+        if self.revocation is not None:
+            return GrantState.REVOKED
+        if now >= self.valid_before:
+            return GrantState.EXPIRED
+        if now < self.valid_after:
+            return GrantState.NOT_YET_VALID
+        return GrantState.ACTIVE
+
+    def to_dict(self, now: datetime) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state(now).value,
+            "agent": self.agent,
+            "task": self.task,
+            "reason": self.reason,
+            "targets": list(self.targets),
+            "valid_after": self.valid_after.isoformat(),
+            "valid_before": self.valid_before.isoformat(),
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+            "serial": self.serial,
+            "key_id": self.key_id,
+            "key_fingerprint": self.key_fingerprint,
+            "permit_pty": self.permit_pty,
+            "permit_port_forwarding": self.permit_port_forwarding,
+            "source_addresses": list(self.source_addresses),
+            "force_command": self.force_command,
+            "revoked_at": self.revocation.at.isoformat() if self.revocation else None,
+            "revoked_by": self.revocation.by if self.revocation else None,
+            "revoke_reason": self.revocation.reason if self.revocation else None,
+        }
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One link of the tamper-evident audit chain."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }

@@ -1,0 +1,529 @@
+"""The application API: what humans (through the CLI) and the gateway ask of bastion.
+
+It orchestrates the layers below (config, CA, store, pure policy) and owns the rule
+that every state change is audited in the same transaction as the change. It has no
+sockets and prints nothing: it returns values and raises `BastionError`s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import asyncssh
+from cryptography.hazmat.primitives.serialization import SSHCertPublicKeyTypes
+
+from bastion import policy
+from bastion.auditchain import first_broken
+from bastion.ca import CertificateAuthority, CertificateRequest
+from bastion.clock import Clock
+from bastion.config import DEFAULT_CONFIG_TEXT, Home
+from bastion.errors import (
+    AlreadyExists,
+    InvalidInput,
+    KeyMaterialError,
+    NotFound,
+    VerificationFailed,
+)
+from bastion.keyfiles import (
+    fingerprint,
+    generate_keypair,
+    load_private_key,
+    parse_public_key,
+    public_line,
+    read_public_key,
+    replace_file,
+    write_new_file,
+)
+from bastion.models import (
+    AuditEvent,
+    Grant,
+    Revocation,
+    SslMode,
+    Target,
+    TargetKind,
+    TargetSecret,
+)
+from bastion.store import Store
+from bastion.store.sqlite import SqliteStore
+from bastion.timespec import format_time
+
+
+@dataclass(frozen=True)
+class InitReport:
+    home: Path
+    created: tuple[str, ...]
+    kept: tuple[str, ...]
+    ca_public_line: str
+    host_public_line: str
+
+
+@dataclass(frozen=True)
+class GrantRequest:
+    agent: str
+    targets: tuple[str, ...]
+    task: str
+    ttl: timedelta | None = None
+    pubkey: Path | None = None
+    generate_key_dir: Path | None = None
+    out: Path | None = None
+    reason: str = ""
+    source_addresses: str | None = None
+    no_pty: bool = False
+    no_port_forwarding: bool = False
+    force_command: str | None = None
+
+
+@dataclass(frozen=True)
+class IssuedGrant:
+    grant: Grant
+    certificate_path: Path
+    private_key_path: Path | None
+    ssh_lines: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    events: int
+    last_hash: str | None
+
+
+def initialize(home: Home, clock: Clock, actor: str, passphrase: bytes | None) -> InitReport:
+    """Create what is missing of a bastion home; never overwrite a key. Idempotent."""
+    created: list[str] = []
+    kept: list[str] = []
+    home.root.mkdir(parents=True, exist_ok=True)
+    if not home.keys_dir.exists():
+        home.keys_dir.mkdir(mode=0o700)
+        created.append("keys/")
+    if home.ca_key.exists():
+        ca = CertificateAuthority.load(home.ca_key, passphrase)
+        kept.append("keys/ca")
+        ca_created = False
+    else:
+        generate_keypair(home.ca_key, "bastion-ca", passphrase)
+        ca = CertificateAuthority.load(home.ca_key, passphrase)
+        created += ["keys/ca", "keys/ca.pub"]
+        ca_created = True
+    if not home.ca_pub.exists():
+        write_new_file(home.ca_pub, (ca.public_line + " bastion-ca\n").encode(), 0o644)
+        created.append("keys/ca.pub")
+    if home.host_key.exists():
+        host_key = load_private_key(home.host_key, None)
+        kept.append("keys/host_ed25519")
+        host_pub = home.host_key.with_name("host_ed25519.pub")
+        if not host_pub.exists():
+            line = public_line(host_key.public_key(), "bastion-host") + "\n"
+            write_new_file(host_pub, line.encode(), 0o644)
+            created.append("keys/host_ed25519.pub")
+        host_line = public_line(host_key.public_key())
+    else:
+        host_line = generate_keypair(home.host_key, "bastion-host")
+        created += ["keys/host_ed25519", "keys/host_ed25519.pub"]
+    if not home.recordings_dir.exists():
+        home.recordings_dir.mkdir(mode=0o700, parents=True)
+        created.append(f"{home.config.recordings.dir}/")
+    if not home.config_path.exists():
+        write_new_file(home.config_path, DEFAULT_CONFIG_TEXT.encode(), 0o644)
+        created.append("bastion.toml")
+    store_existed = home.store_path.exists()
+    store = SqliteStore(home.store_path)
+    try:
+        (kept if store_existed else created).append(home.config.store.path)
+        if ca_created:
+            with store.transaction() as tx:
+                tx.append_audit(
+                    clock.now(),
+                    actor,
+                    "ca.initialized",
+                    {"ca_fingerprint": ca.fingerprint, "encrypted": passphrase is not None},
+                )
+    finally:
+        store.close()
+    return InitReport(
+        home=home.root,
+        created=tuple(created),
+        kept=tuple(kept),
+        ca_public_line=ca.public_line,
+        host_public_line=host_line,
+    )
+
+
+class Bastion:
+    """One bastion home's state, as seen by one actor at one clock."""
+
+    def __init__(
+        self,
+        home: Home,
+        store: Store,
+        clock: Clock,
+        actor: str,
+        passphrase: bytes | None = None,
+    ) -> None:
+        self.home = home
+        self.store = store
+        self.clock = clock
+        self.actor = actor
+        self._passphrase = passphrase
+
+    @classmethod
+    def open(cls, home: Home, clock: Clock, actor: str, passphrase: bytes | None = None) -> Bastion:
+        if not home.store_path.exists():
+            raise NotFound(f"no bastion state in {home.root}: run `bastion init` first")
+        return cls(home, SqliteStore(home.store_path), clock, actor, passphrase)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _audit_details_target(self, target: Target) -> dict[str, object]:
+        return {k: v for k, v in target.public_dict().items() if k not in ("created_at",)}
+
+    # -- targets --------------------------------------------------------------
+
+    def add_ssh_target(
+        self, name: str, host: str, port: int, user: str, identity: Path, host_key: str
+    ) -> Target:
+        policy.check_target_name(name)
+        policy.check_port(port)
+        if not user:
+            raise InvalidInput("--user must not be empty")
+        secret = _read_identity(identity)
+        pinned = _read_host_key(host_key)
+        target = Target(
+            name=name,
+            kind=TargetKind.SSH,
+            host=host,
+            port=port,
+            user=user,
+            host_key=pinned,
+            created_at=self.clock.now(),
+            created_by=self.actor,
+        )
+        self._insert_target(target, secret)
+        return target
+
+    def add_postgres_target(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        database: str,
+        user: str,
+        password: str,
+        sslmode: SslMode = SslMode.DISABLE,
+        sslrootcert: Path | None = None,
+    ) -> Target:
+        policy.check_target_name(name)
+        policy.check_port(port)
+        if not database or not user:
+            raise InvalidInput("--database and --user must not be empty")
+        if not password:
+            raise InvalidInput("the target's password is empty")
+        if sslmode is SslMode.VERIFY_FULL and sslrootcert is None:
+            raise InvalidInput("--sslmode verify-full needs --sslrootcert (the CA to verify with)")
+        if sslrootcert is not None:
+            if sslmode is not SslMode.VERIFY_FULL:
+                raise InvalidInput("--sslrootcert is only used with --sslmode verify-full")
+            if not sslrootcert.is_file():
+                raise InvalidInput(f"--sslrootcert {sslrootcert}: no such file")
+        target = Target(
+            name=name,
+            kind=TargetKind.POSTGRES,
+            host=host,
+            port=port,
+            user=user,
+            database=database,
+            sslmode=sslmode,
+            sslrootcert=str(sslrootcert.resolve()) if sslrootcert else None,
+            created_at=self.clock.now(),
+            created_by=self.actor,
+        )
+        self._insert_target(target, TargetSecret(password))
+        return target
+
+    def _insert_target(self, target: Target, secret: TargetSecret) -> None:
+        with self.store.transaction() as tx:
+            if tx.get_target(target.name) is not None:
+                raise AlreadyExists(f"target {target.name!r} already exists")
+            tx.insert_target(target, secret)
+            tx.append_audit(
+                target.created_at, self.actor, "target.added", self._audit_details_target(target)
+            )
+
+    def list_targets(self) -> list[Target]:
+        return self.store.list_targets()
+
+    def get_target(self, name: str) -> Target:
+        target = self.store.get_target(name)
+        if target is None:
+            raise NotFound(f"unknown target {name!r} (see `bastion target list`)")
+        return target
+
+    def remove_target(self, name: str, force: bool = False) -> Target:
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            target = tx.get_target(name)
+            if target is None:
+                raise NotFound(f"unknown target {name!r} (see `bastion target list`)")
+            active = [g.id for g in self.store.list_grants(active_at=now) if name in g.targets]
+            if active and not force:
+                raise AlreadyExists(
+                    f"target {name!r} has active grants ({', '.join(active)}); revoke them"
+                    " or use --force"
+                )
+            tx.delete_target(name)
+            tx.append_audit(
+                now, self.actor, "target.removed", {"name": name, "active_grants": active}
+            )
+        return target
+
+    # -- grants ---------------------------------------------------------------
+
+    def load_ca(self) -> CertificateAuthority:
+        return CertificateAuthority.load(self.home.ca_key, self._passphrase)
+
+    def issue_grant(self, request: GrantRequest) -> IssuedGrant:
+        """Validate everything, then sign and record in one transaction."""
+        agent = policy.check_agent_name(request.agent)
+        task = policy.check_task_name(request.task)
+        if not request.targets:
+            raise InvalidInput("give at least one --target")
+        names = tuple(dict.fromkeys(request.targets))
+        targets = [self.get_target(name) for name in names]
+        now = self.clock.now()
+        window = policy.grant_window(now, request.ttl, self.home.config.grants)
+        sources = (
+            policy.check_source_addresses(request.source_addresses)
+            if request.source_addresses is not None
+            else ()
+        )
+        if request.force_command is not None and not request.force_command.strip():
+            raise InvalidInput("--force-command must not be empty")
+        perms = policy.certificate_permissions(
+            targets, no_pty=request.no_pty, no_port_forwarding=request.no_port_forwarding
+        )
+        if (request.pubkey is None) == (request.generate_key_dir is None):
+            raise InvalidInput("give exactly one of --pubkey FILE.pub or --generate-key DIR")
+        ca = self.load_ca()
+
+        with self._agent_key(request, agent) as (public_key, key_path, pub_path):
+            cert_path = request.out or _cert_path_for(pub_path)
+            with self.store.transaction() as tx:
+                grant_id = _new_grant_id(tx.grant_id_taken)
+                serial = tx.next_serial()
+                kid = policy.key_id(grant_id, agent, task)
+                grant = Grant(
+                    id=grant_id,
+                    agent=agent,
+                    task=task,
+                    reason=request.reason,
+                    targets=names,
+                    valid_after=window.valid_after,
+                    valid_before=window.valid_before,
+                    created_at=now,
+                    created_by=self.actor,
+                    serial=serial,
+                    key_id=kid,
+                    key_fingerprint=fingerprint(public_key),
+                    permit_pty=perms.permit_pty,
+                    permit_port_forwarding=perms.permit_port_forwarding,
+                    source_addresses=sources,
+                    force_command=request.force_command,
+                )
+                cert_line = ca.sign(
+                    CertificateRequest(
+                        public_key=public_key,
+                        serial=serial,
+                        key_id=kid,
+                        principals=names,
+                        valid_after=grant.valid_after,
+                        valid_before=grant.valid_before,
+                        permit_pty=grant.permit_pty,
+                        permit_port_forwarding=grant.permit_port_forwarding,
+                        source_addresses=sources,
+                        force_command=request.force_command,
+                    )
+                )
+                tx.insert_grant(grant)
+                tx.append_audit(now, self.actor, "grant.issued", _grant_audit(grant))
+                # Written last inside the transaction: if it fails, nothing is recorded.
+                try:
+                    replace_file(cert_path, f"{cert_line} {agent}@{grant_id}\n".encode(), 0o644)
+                except OSError as exc:
+                    raise InvalidInput(
+                        f"can't write certificate {cert_path}: {exc.strerror}"
+                    ) from None
+        return IssuedGrant(
+            grant=grant,
+            certificate_path=cert_path,
+            private_key_path=key_path,
+            ssh_lines=self.ssh_lines(targets, key_path),
+        )
+
+    @contextlib.contextmanager
+    def _agent_key(
+        self, request: GrantRequest, agent: str
+    ) -> Iterator[tuple[SSHCertPublicKeyTypes, Path | None, Path]]:
+        """The agent's public key; a generated pair is removed again if issuing fails."""
+        if request.pubkey is not None:
+            pub_path = request.pubkey
+            yield read_public_key(pub_path), _private_key_beside(pub_path), pub_path
+            return
+        assert request.generate_key_dir is not None
+        key_dir = request.generate_key_dir
+        try:
+            key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"can't create {key_dir}: {exc.strerror}") from None
+        key_path = key_dir / "id_ed25519"
+        if key_path.exists():
+            raise AlreadyExists(f"{key_path} already exists; reuse it with --pubkey {key_path}.pub")
+        line = generate_keypair(key_path, f"{agent}@bastion")
+        pub_path = key_path.with_name(key_path.name + ".pub")
+        try:
+            yield parse_public_key(line, str(pub_path)), key_path, pub_path
+        except BaseException:
+            key_path.unlink(missing_ok=True)
+            pub_path.unlink(missing_ok=True)
+            raise
+
+    def ssh_lines(self, targets: list[Target], key_path: Path | None) -> tuple[str, ...]:
+        host, port = self.home.config.server.advertised_host_port
+        key = f" -i {key_path}" if key_path else ""
+        lines = []
+        for target in targets:
+            if target.kind is TargetKind.POSTGRES:
+                lines.append(
+                    f"ssh -p {port}{key} -N -L 15432:{target.name}:5432 {target.name}@{host}"
+                    f"   # then: psql -h 127.0.0.1 -p 15432"
+                )
+            else:
+                lines.append(f"ssh -p {port}{key} {target.name}@{host}")
+        return tuple(lines)
+
+    def list_grants(self, include_all: bool = False, task: str | None = None) -> list[Grant]:
+        active_at = None if include_all else self.clock.now()
+        return self.store.list_grants(active_at=active_at, task=task)
+
+    def get_grant(self, grant_id: str) -> Grant:
+        grant = self.store.get_grant(grant_id)
+        if grant is None:
+            raise NotFound(f"unknown grant {grant_id!r} (see `bastion grant list --all`)")
+        return grant
+
+    def revoke_grant(self, grant_id: str, reason: str = "") -> Grant:
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            grant = tx.get_grant(grant_id)
+            if grant is None:
+                raise NotFound(f"unknown grant {grant_id!r} (see `bastion grant list --all`)")
+            if grant.revocation is not None:
+                raise AlreadyExists(
+                    f"grant {grant_id} was already revoked at {format_time(grant.revocation.at)}"
+                    f" by {grant.revocation.by}"
+                )
+            revocation = Revocation(at=now, by=self.actor, reason=reason or "no reason given")
+            tx.insert_revocation(grant_id, revocation)
+            tx.append_audit(
+                now,
+                self.actor,
+                "grant.revoked",
+                {
+                    "grant": grant_id,
+                    "agent": grant.agent,
+                    "task": grant.task,
+                    "serial": grant.serial,
+                    "reason": revocation.reason,
+                    "state_before": grant.state(now).value,
+                },
+            )
+        return self.get_grant(grant_id)
+
+    # -- audit ----------------------------------------------------------------
+
+    def audit_events(self, since: datetime | None = None) -> list[AuditEvent]:
+        return list(self.store.audit_events(since))
+
+    def verify_audit(self) -> AuditVerification:
+        events = list(self.store.audit_events())
+        broken = first_broken(events)
+        if broken is not None:
+            event, why = broken
+            raise VerificationFailed(
+                f"audit chain broken at event {event.seq} ({event.action} at"
+                f" {format_time(event.at)}): {why}"
+            )
+        return AuditVerification(events=len(events), last_hash=events[-1].hash if events else None)
+
+
+def _grant_audit(grant: Grant) -> dict[str, object]:
+    return {
+        "grant": grant.id,
+        "agent": grant.agent,
+        "task": grant.task,
+        "reason": grant.reason,
+        "targets": list(grant.targets),
+        "serial": grant.serial,
+        "key_id": grant.key_id,
+        "key_fingerprint": grant.key_fingerprint,
+        "valid_after": grant.valid_after.isoformat(),
+        "valid_before": grant.valid_before.isoformat(),
+        "permit_pty": grant.permit_pty,
+        "permit_port_forwarding": grant.permit_port_forwarding,
+        "source_addresses": list(grant.source_addresses),
+        "force_command": grant.force_command,
+    }
+
+
+def _new_grant_id(taken: Callable[[str], bool]) -> str:
+    for _ in range(20):
+        candidate = "g-" + secrets.token_hex(4)
+        if not taken(candidate):
+            return candidate
+    raise RuntimeError("could not allocate a unique grant id")
+
+
+def _cert_path_for(pub_path: Path) -> Path:
+    """OpenSSH's convention: `id_ed25519.pub` -> `id_ed25519-cert.pub`."""
+    name = pub_path.name
+    stem = name[: -len(".pub")] if name.endswith(".pub") else name
+    return pub_path.with_name(stem + "-cert.pub")
+
+
+def _private_key_beside(pub_path: Path) -> Path | None:
+    if pub_path.name.endswith(".pub"):
+        candidate = pub_path.with_name(pub_path.name[: -len(".pub")])
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _read_identity(path: Path) -> TargetSecret:
+    """The upstream login key: an unencrypted OpenSSH/PEM private key the gateway can use."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"can't read --identity {path}: {exc.strerror}") from None
+    try:
+        asyncssh.import_private_key(data)
+    except asyncssh.KeyImportError as exc:
+        if "passphrase" in str(exc).lower():
+            raise KeyMaterialError(
+                f"--identity {path} is encrypted; the bastion needs an unencrypted key"
+            ) from None
+        raise InvalidInput(f"--identity {path} is not a private key ({exc})") from None
+    return TargetSecret(data.decode("ascii", errors="strict"))
+
+
+def _read_host_key(value: str) -> str:
+    """A pinned host key: an OpenSSH public key line or a `.pub` file holding one."""
+    path = Path(value)
+    if not value.lstrip().startswith(("ssh-", "ecdsa-", "sk-")) and path.is_file():
+        key = read_public_key(path)
+    else:
+        key = parse_public_key(value, "--host-key")
+    return public_line(key)

@@ -1,0 +1,81 @@
+"""Versioned schema migrations, written in the SQL that SQLite and PostgreSQL share.
+
+Each entry upgrades the schema by one version; the store applies the missing ones in
+order inside one transaction and records the version reached. Never edit a released
+migration: add a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+            "INSERT INTO counters (name, value) VALUES ('ca_serial', 0)",
+            """CREATE TABLE targets (
+                name TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                host TEXT NOT NULL,
+                port INTEGER NOT NULL,
+                login TEXT NOT NULL,
+                host_key TEXT,
+                dbname TEXT,
+                sslmode TEXT,
+                sslrootcert TEXT,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            )""",
+            """CREATE TABLE target_secrets (
+                target TEXT PRIMARY KEY REFERENCES targets(name) ON DELETE CASCADE,
+                secret TEXT NOT NULL
+            )""",
+            """CREATE TABLE grants (
+                id TEXT PRIMARY KEY,
+                agent TEXT NOT NULL,
+                task TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                valid_after TEXT NOT NULL,
+                valid_before TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                permit_pty INTEGER NOT NULL,
+                permit_port_forwarding INTEGER NOT NULL,
+                source_addresses TEXT NOT NULL,
+                force_command TEXT
+            )""",
+            "CREATE INDEX grants_valid_before ON grants (valid_before)",
+            "CREATE INDEX grants_task ON grants (task)",
+            """CREATE TABLE grant_targets (
+                grant_id TEXT NOT NULL REFERENCES grants(id),
+                target TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                PRIMARY KEY (grant_id, target)
+            )""",
+            """CREATE TABLE certificates (
+                serial BIGINT PRIMARY KEY,
+                grant_id TEXT NOT NULL UNIQUE REFERENCES grants(id),
+                key_id TEXT NOT NULL,
+                key_fingerprint TEXT NOT NULL
+            )""",
+            """CREATE TABLE revocations (
+                grant_id TEXT PRIMARY KEY REFERENCES grants(id),
+                revoked_at TEXT NOT NULL,
+                revoked_by TEXT NOT NULL,
+                reason TEXT NOT NULL
+            )""",
+            """CREATE TABLE audit_events (
+                seq BIGINT PRIMARY KEY,
+                at TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                details TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL
+            )""",
+            "CREATE INDEX audit_events_at ON audit_events (at)",
+        ],
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]

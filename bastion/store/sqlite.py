@@ -1,0 +1,346 @@
+"""The default state store: one SQLite file in WAL mode.
+
+WAL lets the CLI read and write while `bastion serve` does; writers take the
+database's write lock up front (`BEGIN IMMEDIATE`) so that the audit chain's
+read-last-hash-then-append is never interleaved, and wait up to `busy_timeout` for
+each other instead of failing. The file is created 0600: it holds target secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bastion.auditchain import GENESIS_HASH, event_hash
+from bastion.errors import StoreError
+from bastion.models import (
+    AuditEvent,
+    Grant,
+    Revocation,
+    SslMode,
+    Target,
+    TargetKind,
+    TargetSecret,
+)
+from bastion.store.migrations import LATEST_VERSION, MIGRATIONS
+
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def _ts(when: datetime) -> str:
+    # Fixed width, so that text order is time order.
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.RLock()
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"can't open state store {path}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"can't open state store {path}: {exc.strerror}") from None
+
+    # -- schema ---------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+                )
+                row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
+                current = row[0] or 0
+                if current > LATEST_VERSION:
+                    raise StoreError(
+                        f"state store {self._path} has schema version {current}, newer than "
+                        f"this bastion ({LATEST_VERSION}); upgrade bastion"
+                    )
+                for version, statements in MIGRATIONS:
+                    if version <= current:
+                        continue
+                    for statement in statements:
+                        self._db.execute(statement)
+                    self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
+            return int(row[0] or 0)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writes ---------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SqliteTx]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"state store {self._path} is busy or unwritable: {exc}") from None
+            try:
+                yield _SqliteTx(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"can't commit to state store {self._path}: {exc}") from None
+
+    # -- reads ----------------------------------------------------------------
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def get_target(self, name: str) -> Target | None:
+        rows = self._query("SELECT * FROM targets WHERE name = ?", (name,))
+        return _target(rows[0]) if rows else None
+
+    def list_targets(self) -> list[Target]:
+        return [_target(r) for r in self._query("SELECT * FROM targets ORDER BY name")]
+
+    def get_target_secret(self, name: str) -> TargetSecret | None:
+        rows = self._query("SELECT secret FROM target_secrets WHERE target = ?", (name,))
+        return TargetSecret(rows[0]["secret"]) if rows else None
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        with self._lock:
+            return _load_grant(self._db, grant_id)
+
+    def list_grants(
+        self, *, active_at: datetime | None = None, task: str | None = None
+    ) -> list[Grant]:
+        sql = "SELECT g.id FROM grants g"
+        clauses: list[str] = []
+        params: list[Any] = []
+        if active_at is not None:
+            clauses.append(
+                "g.valid_before > ? AND g.valid_after <= ? AND NOT EXISTS "
+                "(SELECT 1 FROM revocations r WHERE r.grant_id = g.id)"
+            )
+            params += [_ts(active_at), _ts(active_at)]
+        if task is not None:
+            clauses.append("g.task = ?")
+            params.append(task)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY g.created_at, g.id"
+        with self._lock:
+            ids = [r["id"] for r in self._db.execute(sql, params).fetchall()]
+            grants = [_load_grant(self._db, gid) for gid in ids]
+        return [g for g in grants if g is not None]
+
+    def audit_events(self, since: datetime | None = None) -> Iterator[AuditEvent]:
+        if since is None:
+            rows = self._query("SELECT * FROM audit_events ORDER BY seq")
+        else:
+            rows = self._query(
+                "SELECT * FROM audit_events WHERE at >= ? ORDER BY seq", (_ts(since),)
+            )
+        for row in rows:
+            yield _audit(row)
+
+
+class _SqliteTx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def next_serial(self) -> int:
+        row = self._db.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'ca_serial' RETURNING value"
+        ).fetchone()
+        return int(row[0])
+
+    def grant_id_taken(self, grant_id: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM grants WHERE id = ?", (grant_id,)).fetchone()
+            is not None
+        )
+
+    def get_target(self, name: str) -> Target | None:
+        row = self._db.execute("SELECT * FROM targets WHERE name = ?", (name,)).fetchone()
+        return _target(row) if row else None
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        return _load_grant(self._db, grant_id)
+
+    def insert_target(self, target: Target, secret: TargetSecret) -> None:
+        self._db.execute(
+            "INSERT INTO targets (name, kind, host, port, login, host_key, dbname, sslmode,"
+            " sslrootcert, created_at, created_by) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                target.name,
+                target.kind.value,
+                target.host,
+                target.port,
+                target.user,
+                target.host_key,
+                target.database,
+                target.sslmode.value if target.sslmode else None,
+                target.sslrootcert,
+                _ts(target.created_at),
+                target.created_by,
+            ),
+        )
+        self._db.execute(
+            "INSERT INTO target_secrets (target, secret) VALUES (?, ?)", (target.name, secret.value)
+        )
+
+    def delete_target(self, name: str) -> None:
+        self._db.execute("DELETE FROM target_secrets WHERE target = ?", (name,))
+        self._db.execute("DELETE FROM targets WHERE name = ?", (name,))
+
+    def insert_grant(self, grant: Grant) -> None:
+        self._db.execute(
+            "INSERT INTO grants (id, agent, task, reason, valid_after, valid_before, created_at,"
+            " created_by, permit_pty, permit_port_forwarding, source_addresses, force_command)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                grant.id,
+                grant.agent,
+                grant.task,
+                grant.reason,
+                _ts(grant.valid_after),
+                _ts(grant.valid_before),
+                _ts(grant.created_at),
+                grant.created_by,
+                int(grant.permit_pty),
+                int(grant.permit_port_forwarding),
+                json.dumps(list(grant.source_addresses)),
+                grant.force_command,
+            ),
+        )
+        self._db.executemany(
+            "INSERT INTO grant_targets (grant_id, target, position) VALUES (?, ?, ?)",
+            [(grant.id, name, i) for i, name in enumerate(grant.targets)],
+        )
+        self._db.execute(
+            "INSERT INTO certificates (serial, grant_id, key_id, key_fingerprint) VALUES (?,?,?,?)",
+            (grant.serial, grant.id, grant.key_id, grant.key_fingerprint),
+        )
+
+    def insert_revocation(self, grant_id: str, revocation: Revocation) -> None:
+        self._db.execute(
+            "INSERT INTO revocations (grant_id, revoked_at, revoked_by, reason) VALUES (?,?,?,?)",
+            (grant_id, _ts(revocation.at), revocation.by, revocation.reason),
+        )
+
+    def append_audit(
+        self, at: datetime, actor: str, action: str, details: dict[str, Any]
+    ) -> AuditEvent:
+        row = self._db.execute(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        seq, prev = (row["seq"] + 1, row["hash"]) if row else (1, GENESIS_HASH)
+        at = datetime.fromisoformat(_ts(at))  # the precision that is stored is the one hashed
+        digest = event_hash(seq, at, actor, action, details, prev)
+        self._db.execute(
+            "INSERT INTO audit_events (seq, at, actor, action, details, prev_hash, hash)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (seq, _ts(at), actor, action, json.dumps(details, sort_keys=True), prev, digest),
+        )
+        return AuditEvent(seq, at, actor, action, details, prev, digest)
+
+
+def _target(row: sqlite3.Row) -> Target:
+    return Target(
+        name=row["name"],
+        kind=TargetKind(row["kind"]),
+        host=row["host"],
+        port=row["port"],
+        user=row["login"],
+        host_key=row["host_key"],
+        database=row["dbname"],
+        sslmode=SslMode(row["sslmode"]) if row["sslmode"] else None,
+        sslrootcert=row["sslrootcert"],
+        created_at=_dt(row["created_at"]),
+        created_by=row["created_by"],
+    )
+
+
+def _load_grant(db: sqlite3.Connection, grant_id: str) -> Grant | None:
+    row = db.execute(
+        "SELECT g.*, c.serial, c.key_id, c.key_fingerprint, r.revoked_at, r.revoked_by, r.reason"
+        " AS revoke_reason FROM grants g JOIN certificates c ON c.grant_id = g.id"
+        " LEFT JOIN revocations r ON r.grant_id = g.id WHERE g.id = ?",
+        (grant_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    targets = tuple(
+        r["target"]
+        for r in db.execute(
+            "SELECT target FROM grant_targets WHERE grant_id = ? ORDER BY position", (grant_id,)
+        )
+    )
+    revocation = (
+        Revocation(_dt(row["revoked_at"]), row["revoked_by"], row["revoke_reason"])
+        if row["revoked_at"]
+        else None
+    )
+    return Grant(
+        id=row["id"],
+        agent=row["agent"],
+        task=row["task"],
+        reason=row["reason"],
+        targets=targets,
+        valid_after=_dt(row["valid_after"]),
+        valid_before=_dt(row["valid_before"]),
+        created_at=_dt(row["created_at"]),
+        created_by=row["created_by"],
+        serial=row["serial"],
+        key_id=row["key_id"],
+        key_fingerprint=row["key_fingerprint"],
+        permit_pty=bool(row["permit_pty"]),
+        permit_port_forwarding=bool(row["permit_port_forwarding"]),
+        source_addresses=tuple(json.loads(row["source_addresses"])),
+        force_command=row["force_command"],
+        revocation=revocation,
+    )
+
+
+def _audit(row: sqlite3.Row) -> AuditEvent:
+    return AuditEvent(
+        seq=row["seq"],
+        at=_dt(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        details=json.loads(row["details"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
