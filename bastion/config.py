@@ -7,13 +7,16 @@ This is the one place that reads environment variables (`BASTION_HOME`,
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bastion.cmdpolicy import DEFAULT_RULES, CommandRule, parse_rule
 from bastion.errors import ConfigError, InvalidInput
 from bastion.timespec import parse_duration
 
@@ -30,6 +33,10 @@ listen = "127.0.0.1:2222"
 # Host and port that agents use to reach the bastion, as printed in `ssh` lines
 # after `bastion grant issue`. Empty means the listen address.
 advertise = ""
+# This node's name in session records. Empty means the machine's host name.
+node = ""
+# How long a client may take to authenticate.
+login_timeout = "30s"
 
 [store]
 # State store (grants, targets, sessions, audit chain). SQLite, relative to the home.
@@ -47,6 +54,19 @@ min_ttl = "1m"
 max_ttl = "8h"
 # Certificates are valid from this long before issuance, to absorb clock skew.
 clock_skew = "60s"
+
+[approvals]
+# How long a command waits for a human's `bastion approvals approve`.
+timeout = "5m"
+# Commands that need approval before an `exec` runs, on every target unless a
+# [targets.NAME] table says otherwise. Leave unset for the built-in list
+# (rm -r, dd, mkfs*, shutdown, reboot, systemctl stop, kill -9, ...); see README.
+# commands = ["rm -r|-R|--recursive", "dd", "mkfs*"]
+
+# Per-target policy:
+# [targets.prod-web]
+# commands = ["rm -r|-R|--recursive", "reboot"]   # replaces [approvals] commands
+# shell_requires_approval = true                  # opening a shell waits for approval
 """
 
 
@@ -54,6 +74,12 @@ clock_skew = "60s"
 class ServerConfig:
     listen: str = "127.0.0.1:2222"
     advertise: str = ""
+    node: str = ""
+    login_timeout: timedelta = timedelta(seconds=30)
+
+    @property
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -85,11 +111,39 @@ class GrantsConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalsConfig:
+    timeout: timedelta = timedelta(minutes=5)
+    # None: the built-in rules of `cmdpolicy.DEFAULT_RULES`.
+    commands: tuple[CommandRule, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """Per-target overrides from a `[targets.NAME]` table."""
+
+    commands: tuple[CommandRule, ...] | None = None
+    shell_requires_approval: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
     grants: GrantsConfig = field(default_factory=GrantsConfig)
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    targets: dict[str, TargetPolicy] = field(default_factory=dict)
+
+    def command_rules(self, target: str) -> tuple[CommandRule, ...]:
+        policy = self.targets.get(target)
+        if policy is not None and policy.commands is not None:
+            return policy.commands
+        if self.approvals.commands is not None:
+            return self.approvals.commands
+        return DEFAULT_RULES
+
+    def target_policy(self, target: str) -> TargetPolicy:
+        return self.targets.get(target, TargetPolicy())
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -97,19 +151,29 @@ _SECTIONS: dict[str, type[Any]] = {
     "store": StoreConfig,
     "recordings": RecordingsConfig,
     "grants": GrantsConfig,
+    "approvals": ApprovalsConfig,
 }
+_RULE_LISTS = {"commands"}
 
 
-def split_host_port(value: str, key: str) -> tuple[str, int]:
+def split_host_port(value: str, key: str, source: Path | None = None) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+        where = f"'{key}' in {source}" if source is not None else key
+        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
     return host, int(port_text)
 
 
 def _convert(section: str, key: str, value: Any, default: Any, source: Path) -> Any:
     where = f"'{section}.{key}' in {source}"
+    if key in _RULE_LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of command rules (strings)")
+        try:
+            return tuple(parse_rule(v) for v in value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if isinstance(default, timedelta):
         if not isinstance(value, str):
             raise ConfigError(f'{where} must be a duration string like "30m"')
@@ -127,15 +191,20 @@ def _convert(section: str, key: str, value: Any, default: Any, source: Path) -> 
 def parse_config(data: dict[str, Any], source: Path) -> Config:
     sections: dict[str, Any] = {}
     for name, body in data.items():
+        if name == "targets":
+            sections[name] = _parse_target_policies(body, source)
+            continue
         cls = _SECTIONS.get(name)
         if cls is None:
             raise ConfigError(f"unknown section or key '{name}' in {source}")
         if not isinstance(body, dict):
             raise ConfigError(f"'{name}' in {source} must be a table ([{name}])")
         defaults = cls()
+        # Only the dataclass fields: `hasattr` would also accept properties and dunders.
+        known = {f.name for f in dataclasses.fields(cls)}
         values = {}
         for key, value in body.items():
-            if not hasattr(defaults, key):
+            if key not in known:
                 raise ConfigError(f"unknown key '{name}.{key}' in {source}")
             values[key] = _convert(name, key, value, getattr(defaults, key), source)
         sections[name] = cls(**values)
@@ -144,14 +213,33 @@ def parse_config(data: dict[str, Any], source: Path) -> Config:
     return config
 
 
+def _parse_target_policies(body: Any, source: Path) -> dict[str, TargetPolicy]:
+    if not isinstance(body, dict):
+        raise ConfigError(f"'targets' in {source} must be a table of [targets.NAME] tables")
+    policies = {}
+    defaults = TargetPolicy()
+    for target, table in body.items():
+        section = f"targets.{target}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"'{section}' in {source} must be a table")
+        values = {}
+        for key, value in table.items():
+            if not hasattr(defaults, key):
+                raise ConfigError(f"unknown key '{section}.{key}' in {source}")
+            values[key] = _convert(section, key, value, getattr(defaults, key), source)
+        policies[target] = TargetPolicy(**values)
+    return policies
+
+
 def _check_consistency(config: Config, source: Path) -> None:
     grants = config.grants
     if grants.min_ttl < timedelta(seconds=1):
         raise ConfigError(f"'grants.min_ttl' in {source} must be at least 1s")
     if not grants.min_ttl <= grants.default_ttl <= grants.max_ttl:
         raise ConfigError(f"'grants' in {source}: need min_ttl <= default_ttl <= max_ttl")
-    config.server.listen_host_port  # noqa: B018  (validates)
-    config.server.advertised_host_port  # noqa: B018
+    split_host_port(config.server.listen, "server.listen", source)
+    if config.server.advertise:
+        split_host_port(config.server.advertise, "server.advertise", source)
 
 
 def load_config(home: Path) -> Config:

@@ -45,12 +45,13 @@ def public_line(public_key: SSHPublicKeyTypes, comment: str = "") -> str:
 
 def parse_public_key(text: str, source: str) -> SSHCertPublicKeyTypes:
     """One OpenSSH public key line (`ssh-ed25519 AAAA... comment`), not a certificate."""
+    # Before counting lines: a private key file has many, and the useful message is this one.
+    if "PRIVATE KEY" in text:
+        raise InvalidInput(f"{source}: this is a private key; give the .pub file")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if len(lines) != 1:
         raise InvalidInput(f"{source}: expected exactly one OpenSSH public key line")
     line = lines[0]
-    if "PRIVATE KEY" in line:
-        raise InvalidInput(f"{source}: this is a private key; give the .pub file")
     try:
         identity = serialization.load_ssh_public_identity(line.encode("ascii"))
     except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm) as exc:

@@ -164,3 +164,130 @@ class AuditEvent:
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }
+
+
+class SessionKind(enum.StrEnum):
+    SHELL = "shell"
+    EXEC = "exec"
+    SFTP = "sftp"
+    SUBSYSTEM = "subsystem"
+    FORWARD = "forward"
+
+
+class EndReason(enum.StrEnum):
+    EXIT = "exit"
+    CLIENT_CLOSED = "client-closed"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    KILLED = "killed"
+    TARGET_ERROR = "target-error"
+    DENIED = "denied"
+    BASTION_SHUTDOWN = "bastion-shutdown"
+    BASTION_CRASH = "bastion-crash"
+
+
+@dataclass(frozen=True)
+class PresentedCertificate:
+    """What the agent's certificate says, captured after the SSH layer verified it."""
+
+    serial: int
+    key_id: str
+    principals: tuple[str, ...]
+    valid_after: datetime
+    valid_before: datetime
+    key_fingerprint: str
+    critical_options: dict[str, str]
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Session:
+    """One channel through the gateway: a shell, a command, sftp, or a forward."""
+
+    id: str
+    grant_id: str
+    agent: str
+    task: str
+    target: str
+    kind: SessionKind
+    client: str
+    command: str | None
+    started_at: datetime
+    node: str
+    ended_at: datetime | None = None
+    end_reason: EndReason | None = None
+    exit_status: int | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    detail: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "grant": self.grant_id,
+            "agent": self.agent,
+            "task": self.task,
+            "target": self.target,
+            "kind": self.kind.value,
+            "client": self.client,
+            "command": self.command,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "end_reason": self.end_reason.value if self.end_reason else None,
+            "exit_status": self.exit_status,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "node": self.node,
+            "detail": self.detail,
+        }
+
+
+class ApprovalState(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A human decision a session is waiting for, bound to one exact command."""
+
+    id: str
+    kind: str  # "exec" or "shell" (later: "statement")
+    session_id: str
+    grant_id: str
+    agent: str
+    task: str
+    target: str
+    text: str
+    reasons: tuple[str, ...]
+    requested_at: datetime
+    expires_at: datetime
+    state: ApprovalState = ApprovalState.PENDING
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    decision_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state.value,
+            "session": self.session_id,
+            "grant": self.grant_id,
+            "agent": self.agent,
+            "task": self.task,
+            "target": self.target,
+            "text": self.text,
+            "reasons": list(self.reasons),
+            "requested_at": self.requested_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "decided_by": self.decided_by,
+            "decision_reason": self.decision_reason,
+        }

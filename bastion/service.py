@@ -40,9 +40,12 @@ from bastion.keyfiles import (
     write_new_file,
 )
 from bastion.models import (
+    Approval,
+    ApprovalState,
     AuditEvent,
     Grant,
     Revocation,
+    Session,
     SslMode,
     Target,
     TargetKind,
@@ -442,6 +445,88 @@ class Bastion:
                 },
             )
         return self.get_grant(grant_id)
+
+    # -- sessions and approvals -------------------------------------------------
+
+    def list_sessions(self, active_only: bool = False, limit: int = 1000) -> list[Session]:
+        return self.store.list_sessions(active_only=active_only, limit=limit)
+
+    def get_session(self, session_id: str) -> Session:
+        session = self.store.get_session(session_id)
+        if session is None:
+            raise NotFound(f"unknown session {session_id!r} (see `bastion sessions list`)")
+        return session
+
+    def kill_session(self, session_id: str, reason: str = "") -> Session:
+        """Ask the gateway running the session to close it (it watches the audit feed)."""
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            session = tx.get_session(session_id)
+            if session is None:
+                raise NotFound(f"unknown session {session_id!r} (see `bastion sessions list`)")
+            if session.ended_at is not None:
+                raise AlreadyExists(
+                    f"session {session_id} already ended at {format_time(session.ended_at)}"
+                    f" ({session.end_reason})"
+                )
+            tx.append_audit(
+                now,
+                self.actor,
+                "session.kill_requested",
+                {
+                    "session": session_id,
+                    "grant": session.grant_id,
+                    "agent": session.agent,
+                    "node": session.node,
+                    "reason": reason or "no reason given",
+                },
+            )
+        return session
+
+    def list_approvals(self, include_all: bool = False) -> list[Approval]:
+        """Pending requests still within their wait (all of them with `include_all`)."""
+        now = self.clock.now()
+        found = self.store.list_approvals(pending_only=not include_all)
+        return [a for a in found if include_all or a.expires_at > now]
+
+    def get_approval(self, approval_id: str) -> Approval:
+        approval = self.store.get_approval(approval_id)
+        if approval is None:
+            raise NotFound(f"unknown approval {approval_id!r} (see `bastion approvals list`)")
+        return approval
+
+    def decide_approval(self, approval_id: str, approve: bool, reason: str = "") -> Approval:
+        now = self.clock.now()
+        state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
+        with self.store.transaction() as tx:
+            approval = tx.get_approval(approval_id)
+            if approval is None:
+                raise NotFound(f"unknown approval {approval_id!r} (see `bastion approvals list`)")
+            if approval.state is not ApprovalState.PENDING:
+                raise AlreadyExists(
+                    f"approval {approval_id} is already {approval.state.value}"
+                    + (f" (by {approval.decided_by})" if approval.decided_by else "")
+                )
+            if now >= approval.expires_at:
+                raise AlreadyExists(f"approval {approval_id} has timed out")
+            if self.actor == approval.agent:
+                raise InvalidInput(f"{self.actor} asked for {approval_id} and can't approve it")
+            reason = reason or ("approved" if approve else "denied")
+            tx.decide_approval(approval_id, state, now, self.actor, reason)
+            tx.append_audit(
+                now,
+                self.actor,
+                "approval.decided",
+                {
+                    "approval": approval_id,
+                    "state": state.value,
+                    "session": approval.session_id,
+                    "grant": approval.grant_id,
+                    "text": approval.text,
+                    "reason": reason,
+                },
+            )
+        return self.get_approval(approval_id)
 
     # -- audit ----------------------------------------------------------------
 

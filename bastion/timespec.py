@@ -30,7 +30,10 @@ def parse_duration(text: str) -> timedelta:
     )
     if seconds <= 0:
         raise InvalidInput(f"invalid duration {text!r}: must be longer than zero")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise InvalidInput(f"invalid duration {text!r}: too long") from None
 
 
 def format_duration(delta: timedelta) -> str:
@@ -49,9 +52,14 @@ def format_duration(delta: timedelta) -> str:
 def parse_when(text: str, now: datetime) -> datetime:
     """`--since` values: a duration meaning "that long ago", or an ISO 8601 time (UTC if naive)."""
     try:
-        return now - parse_duration(text)
+        ago = parse_duration(text)
     except InvalidInput:
         pass
+    else:
+        try:
+            return now - ago
+        except OverflowError:
+            raise InvalidInput(f"invalid time {text!r}: too far in the past") from None
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

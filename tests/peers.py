@@ -8,6 +8,9 @@ and are stopped by the PID this module started (never by name). See
 ``/run`` (for ``/run/sshd``, utmp), ``/var/log`` (lastlog, wtmp) and ``/root`` (shell
 history), so a login touches nothing on the host. Its host key, config, authorized keys
 and log all live in the work dir, which must therefore not be under one of those three.
+Inside the namespace, copies of ``/etc/passwd``, ``/etc/group`` and ``/etc/shadow`` from
+the work dir are bind-mounted over the real ones; they add an unprivileged login user
+``bastion-t`` (uid/gid 5001) that only sshd and its sessions can see.
 
 ``Postgres`` runs ``initdb`` and the server as the ``postgres`` OS user (``initdb`` refuses
 root) in a temp dir under ``/tmp`` that it creates, and removes on ``stop()``.
@@ -47,6 +50,12 @@ LOOPBACK = "127.0.0.1"
 
 # Directories hidden behind a tmpfs in sshd's mount namespace, with the tmpfs mode.
 _SSHD_TMPFS = {"/run": "0755", "/var/log": "0755", "/root": "0700"}
+# Where the work dir is bind-mounted inside sshd's namespace (on the /run tmpfs). The
+# unprivileged user reaches its home and authorized keys through this path: the work dir's
+# real ancestors (e.g. pytest's 0700 /tmp/pytest-of-root) may not be traversable by it.
+_SSHD_NS_WORK_DIR = Path("/run/bastion-test-sshd")
+# Account databases replaced (inside sshd's namespace only) by copies in the work dir.
+_SSHD_ACCOUNT_FILES = ("passwd", "group", "shadow")
 
 
 class PeerError(RuntimeError):
@@ -163,6 +172,43 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _mount_ns(pid: int | str) -> str | None:
+    """The mount namespace of ``pid`` (e.g. ``mnt:[4026532301]``), or None if it is gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def _ns_members(ns: str) -> list[int]:
+    """PIDs of the live (non-zombie) processes in mount namespace ``ns``."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _mount_ns(entry.name) == ns and _alive(int(entry.name))
+    ]
+
+
+def _real_uid(pid: int) -> int | None:
+    """Real UID of ``pid`` from the ``Uid:`` line of /proc/PID/status, or None if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    """Command line of ``pid`` with arguments joined by spaces ("" if gone or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return " ".join(arg.decode(errors="replace") for arg in raw.split(b"\0") if arg)
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie (orphans are reaped by PID 1, maybe late)."""
     try:
@@ -211,27 +257,51 @@ class _Peer:
 class Sshd(_Peer):
     """A real OpenSSH sshd on 127.0.0.1, run as root in a private mount namespace.
 
-    Log in as ``root`` with a key added through ``authorized_keys`` or
-    :meth:`add_authorized_key` (sshd re-reads the file on every login). Inside the
-    namespace ``/root`` is an empty tmpfs, so the session sees an empty home directory
-    (and e.g. no ``~/.pyenv``; use ``/usr/bin/python3``).
+    Two users can log in, both with any key added through ``authorized_keys`` or
+    :meth:`add_authorized_key` (one file for both; sshd re-reads it on every login):
+
+    - ``bastion-t`` (:attr:`UNPRIVILEGED_USER`, uid/gid 5001, shell ``/bin/sh``), which
+      exists only inside sshd's namespace. Its home is ``work_dir/home/bastion-t`` on the
+      host (:attr:`unprivileged_home`); sessions see it as
+      ``/run/bastion-test-sshd/home/bastion-t``, the work dir being bind-mounted there.
+      It exists for what sshd withholds from root sessions (channel ``signal`` requests).
+    - ``root``: inside the namespace ``/root`` is an empty tmpfs, so the session sees an
+      empty home directory (and e.g. no ``~/.pyenv``; use ``/usr/bin/python3``).
+
+    :attr:`login_user` (the ``login_user`` constructor argument, by default
+    ``bastion-t``) names the one tests should use unless they need root.
     """
 
-    def __init__(self, work_dir: Path) -> None:
+    UNPRIVILEGED_USER = "bastion-t"
+    UNPRIVILEGED_UID = 5001  # also its primary GID
+
+    def __init__(self, work_dir: Path, *, login_user: str = UNPRIVILEGED_USER) -> None:
         self.work_dir = work_dir.resolve()
         for hidden in _SSHD_TMPFS:
             if self.work_dir.is_relative_to(hidden):
                 raise ValueError(
                     f"sshd work dir {self.work_dir} would be hidden by the tmpfs over {hidden}"
                 )
+        if login_user not in ("root", self.UNPRIVILEGED_USER):
+            raise ValueError(
+                f"login_user must be 'root' or {self.UNPRIVILEGED_USER!r}, not {login_user!r}"
+            )
+        self.login_user = login_user
+        self.login_uid = 0 if login_user == "root" else self.UNPRIVILEGED_UID
         self.host_key_path = self.work_dir / "ssh_host_ed25519_key"
         self.host_pub_path = self.work_dir / "ssh_host_ed25519_key.pub"
         self.config_path = self.work_dir / "sshd_config"
         self.authorized_keys_path = self.work_dir / "authorized_keys"
         self.log_path = self.work_dir / "sshd.log"
+        self.etc_dir = self.work_dir / "etc"
+        self.unprivileged_home = self.work_dir / "home" / self.UNPRIVILEGED_USER
         self.port = 0
         self.host_pub = ""
         self._proc: subprocess.Popen[bytes] | None = None
+        # sshd's mount namespace, and an fd on it that keeps it (and so its inode number)
+        # alive until stop() has finished with it.
+        self._mnt_ns: str | None = None
+        self._mnt_ns_fd: int | None = None
 
     @property
     def pid(self) -> int:
@@ -255,6 +325,10 @@ class Sshd(_Peer):
         if self._proc is not None:
             raise PeerError("sshd already started")
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        # The unprivileged user needs to traverse the work dir (through its bind mount)
+        # to reach its home and the authorized keys, which sshd reads with the user's UID.
+        self.work_dir.chmod(0o755)
+        self._write_account_files()
         if not self.host_key_path.exists():
             subprocess.run(
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bastion-test-sshd",
@@ -263,6 +337,7 @@ class Sshd(_Peer):
             )  # fmt: skip
         self.host_pub = self.host_pub_path.read_text().strip()
         self.authorized_keys_path.write_text("".join(f"{k.strip()}\n" for k in authorized_keys))
+        self.authorized_keys_path.chmod(0o644)  # read with the login user's UID
         self.port = free_port()
 
         config = [
@@ -270,7 +345,7 @@ class Sshd(_Peer):
             f"Port {self.port}",
             f"HostKey {self.host_key_path}",
             "PidFile none",
-            f"AuthorizedKeysFile {self.authorized_keys_path}",
+            f"AuthorizedKeysFile {_SSHD_NS_WORK_DIR / self.authorized_keys_path.name}",
             "PermitRootLogin prohibit-password",
             "UsePAM no",
             "StrictModes no",
@@ -287,8 +362,14 @@ class Sshd(_Peer):
         mounts = " && ".join(
             f"mount -t tmpfs -o mode={mode} tmpfs {path}" for path, mode in _SSHD_TMPFS.items()
         )
+        binds = " && ".join(
+            f"mount --bind {shlex.quote(str(self.etc_dir / name))} /etc/{name}"
+            for name in _SSHD_ACCOUNT_FILES
+        )
         script = (
-            f"{mounts} && mkdir -m 0755 /run/sshd && "
+            f"{mounts} && mkdir -m 0755 /run/sshd {_SSHD_NS_WORK_DIR} && "
+            f"mount --bind {shlex.quote(str(self.work_dir))} {_SSHD_NS_WORK_DIR} && "
+            f"{binds} && "
             f"exec {SSHD_BIN} -D -e -f {shlex.quote(str(self.config_path))}"
         )
         with self.log_path.open("ab") as log:
@@ -301,34 +382,118 @@ class Sshd(_Peer):
             )
         try:
             wait_for_port(self.port, proc=self._proc)
-        except (PeerError, TimeoutError) as exc:
+            # Listening means sshd runs, so unshare has already entered the new namespace.
+            self._mnt_ns_fd = os.open(f"/proc/{self._proc.pid}/ns/mnt", os.O_RDONLY)
+            self._mnt_ns = os.readlink(f"/proc/{self._proc.pid}/ns/mnt")
+        except (PeerError, TimeoutError, OSError) as exc:
             self.stop()
             raise PeerError(f"sshd did not start: {exc}\n{_log_tail(self.log_path)}") from exc
 
+    def _write_account_files(self) -> None:
+        """Write passwd/group/shadow copies adding the unprivileged user, and its home."""
+        name, uid = self.UNPRIVILEGED_USER, self.UNPRIVILEGED_UID
+        ns_home = _SSHD_NS_WORK_DIR / self.unprivileged_home.relative_to(self.work_dir)
+        extra = {
+            "passwd": f"{name}:x:{uid}:{uid}:bastion test target:{ns_home}:/bin/sh",
+            "group": f"{name}:x:{uid}:",
+            "shadow": f"{name}:*:19000:0:99999:7:::",
+        }
+        self.etc_dir.mkdir(mode=0o755, exist_ok=True)
+        for file in _SSHD_ACCOUNT_FILES:
+            host = Path("/etc") / file
+            lines = host.read_text().splitlines()
+            for line in lines:
+                fields = line.split(":")
+                if fields[0] == name or (file != "shadow" and fields[2:3] == [str(uid)]):
+                    raise PeerError(f"{host} already has {name!r} or id {uid}: {line!r}")
+            copy = self.etc_dir / file
+            copy.unlink(missing_ok=True)
+            # Same owner and mode as the original (shadow is not world-readable).
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("\n".join([*lines, extra[file]]) + "\n")
+            st = host.stat()
+            os.chown(copy, st.st_uid, st.st_gid)
+            copy.chmod(st.st_mode & 0o7777)
+        home = self.unprivileged_home
+        home.parent.mkdir(mode=0o755, exist_ok=True)
+        home.mkdir(mode=0o755, exist_ok=True)
+        home.chmod(0o755)
+        os.chown(home, uid, uid)
+
     def stop(self) -> None:
-        """Stop the listener by PID, then any per-connection sshd children it left.
+        """Stop the listener by PID, then every other process left in its namespace.
 
         sshd puts each connection's process in its own session, so they are not in the
         listener's process group; they are found through /proc before the listener dies.
+        Session processes orphaned by a closed non-PTY channel (e.g. a ``sleep 600`` whose
+        client went away) are found too: they stay in sshd's mount namespace.
         """
         proc, self._proc = self._proc, None
+        ns, ns_fd = self._mnt_ns, self._mnt_ns_fd
+        self._mnt_ns = self._mnt_ns_fd = None
         if proc is None:
             return
-        children = _descendants(proc.pid) if proc.poll() is None else []
-        _stop_process(proc, signal.SIGTERM)
-        for child in children:
+        try:
+            children = _descendants(proc.pid) if proc.poll() is None else []
+            _stop_process(proc, signal.SIGTERM)
+            sig = signal.SIGTERM
+            deadline = time.monotonic() + 5.0
+            while True:
+                # Re-scanned each round, so processes forked meanwhile are caught too.
+                left = {c for c in children if _alive(c)}
+                if ns is not None:
+                    left.update(_ns_members(ns))
+                if not left:
+                    break
+                if sig == signal.SIGTERM and time.monotonic() >= deadline:
+                    sig = signal.SIGKILL
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                time.sleep(0.05)
+                if sig == signal.SIGKILL and time.monotonic() >= deadline + 5.0:
+                    break
+        finally:
+            if ns_fd is not None:
+                os.close(ns_fd)
+
+    def _login_user_processes(self) -> dict[int, str]:
+        if self._proc is None or self._mnt_ns is None:
+            raise PeerError("sshd is not running")
+        return {
+            pid: _cmdline(pid)
+            for pid in _ns_members(self._mnt_ns)
+            if _real_uid(pid) == self.login_uid
+        }
+
+    def processes_of_login_user(self) -> list[str]:
+        """Command lines of the live processes running as :attr:`login_user`'s UID.
+
+        Only processes in this sshd's mount namespace count: sessions of this sshd and
+        whatever they started, including orphans reparented away from sshd (the user does
+        not exist on the host, so it is matched by UID). With ``bastion-t`` this includes
+        the ``sshd: bastion-t@notty`` (or ``@pts/N``) process of each open connection; with
+        ``root`` it also lists sshd's own processes. Zombies are left out.
+        """
+        return [cmd for _, cmd in sorted(self._login_user_processes().items())]
+
+    def kill_processes_of_login_user(self) -> int:
+        """SIGKILL what :meth:`processes_of_login_user` lists; return how many were signalled.
+
+        For cleaning up between tests sharing this sshd. Refused for ``root`` (it would
+        kill sshd itself).
+        """
+        if self.login_uid == 0:
+            raise PeerError("refusing to kill root's processes: that includes sshd")
+        pids = self._login_user_processes()
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        while children and time.monotonic() < deadline:
-            children = [c for c in children if _alive(c)]
-            time.sleep(0.05)
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
 
     def add_authorized_key(self, line: str) -> None:
-        """Allow one more public key (an OpenSSH line) to log in as root."""
+        """Allow one more public key (an OpenSSH line) to log in as root or bastion-t."""
         with self.authorized_keys_path.open("a") as f:
             f.write(line.strip() + "\n")
 

@@ -7,7 +7,17 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from bastion.models import AuditEvent, Grant, Revocation, Target, TargetSecret
+from bastion.models import (
+    Approval,
+    ApprovalState,
+    AuditEvent,
+    EndReason,
+    Grant,
+    Revocation,
+    Session,
+    Target,
+    TargetSecret,
+)
 
 
 class StoreTx(Protocol):
@@ -33,6 +43,24 @@ class StoreTx(Protocol):
         self, at: datetime, actor: str, action: str, details: dict[str, Any]
     ) -> AuditEvent: ...
 
+    def get_session(self, session_id: str) -> Session | None: ...
+
+    def insert_session(self, session: Session) -> None: ...
+
+    def end_session(self, session: Session) -> None:
+        """Store the end fields (ended_at, end_reason, exit status, byte counts, detail)."""
+        ...
+
+    def end_active_sessions(self, node: str, at: datetime, reason: EndReason) -> list[str]: ...
+
+    def get_approval(self, approval_id: str) -> Approval | None: ...
+
+    def insert_approval(self, approval: Approval) -> None: ...
+
+    def decide_approval(
+        self, approval_id: str, state: ApprovalState, at: datetime, by: str, reason: str
+    ) -> None: ...
+
 
 class Store(Protocol):
     def transaction(self) -> AbstractContextManager[StoreTx]: ...
@@ -50,6 +78,20 @@ class Store(Protocol):
     ) -> list[Grant]: ...
 
     def audit_events(self, since: datetime | None = None) -> Iterator[AuditEvent]: ...
+
+    def audit_events_after(self, seq: int, actions: tuple[str, ...]) -> list[AuditEvent]:
+        """Events newer than `seq` with one of these actions (how nodes learn of changes)."""
+        ...
+
+    def last_audit_seq(self) -> int: ...
+
+    def get_session(self, session_id: str) -> Session | None: ...
+
+    def list_sessions(self, *, active_only: bool = False, limit: int = 1000) -> list[Session]: ...
+
+    def get_approval(self, approval_id: str) -> Approval | None: ...
+
+    def list_approvals(self, *, pending_only: bool = True) -> list[Approval]: ...
 
     def schema_version(self) -> int: ...
 

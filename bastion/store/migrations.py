@@ -78,4 +78,49 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        2,
+        [
+            """CREATE TABLE sessions (
+                id TEXT PRIMARY KEY,
+                grant_id TEXT NOT NULL,
+                agent TEXT NOT NULL,
+                task TEXT NOT NULL,
+                target TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                client TEXT NOT NULL,
+                command TEXT,
+                started_at TEXT NOT NULL,
+                node TEXT NOT NULL,
+                ended_at TEXT,
+                end_reason TEXT,
+                exit_status INTEGER,
+                bytes_up BIGINT NOT NULL DEFAULT 0,
+                bytes_down BIGINT NOT NULL DEFAULT 0,
+                detail TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX sessions_active ON sessions (ended_at)",
+            "CREATE INDEX sessions_grant ON sessions (grant_id)",
+            """CREATE TABLE approvals (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                session_id TEXT NOT NULL,
+                grant_id TEXT NOT NULL,
+                agent TEXT NOT NULL,
+                task TEXT NOT NULL,
+                target TEXT NOT NULL,
+                body TEXT NOT NULL,
+                reasons TEXT NOT NULL,
+                requested_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                state TEXT NOT NULL,
+                decided_at TEXT,
+                decided_by TEXT,
+                decision_reason TEXT
+            )""",
+            "CREATE INDEX approvals_state ON approvals (state)",
+        ],
+    )
+)
 LATEST_VERSION = MIGRATIONS[-1][0]

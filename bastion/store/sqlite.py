@@ -21,9 +21,14 @@ from typing import Any
 from bastion.auditchain import GENESIS_HASH, event_hash
 from bastion.errors import StoreError
 from bastion.models import (
+    Approval,
+    ApprovalState,
     AuditEvent,
+    EndReason,
     Grant,
     Revocation,
+    Session,
+    SessionKind,
     SslMode,
     Target,
     TargetKind,
@@ -175,6 +180,38 @@ class SqliteStore:
         for row in rows:
             yield _audit(row)
 
+    def audit_events_after(self, seq: int, actions: tuple[str, ...]) -> list[AuditEvent]:
+        marks = ",".join("?" for _ in actions)
+        rows = self._query(
+            f"SELECT * FROM audit_events WHERE seq > ? AND action IN ({marks}) ORDER BY seq",
+            (seq, *actions),
+        )
+        return [_audit(r) for r in rows]
+
+    def last_audit_seq(self) -> int:
+        rows = self._query("SELECT max(seq) FROM audit_events")
+        return int(rows[0][0] or 0)
+
+    def get_session(self, session_id: str) -> Session | None:
+        rows = self._query("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        return _session(rows[0]) if rows else None
+
+    def list_sessions(self, *, active_only: bool = False, limit: int = 1000) -> list[Session]:
+        where = " WHERE ended_at IS NULL" if active_only else ""
+        rows = self._query(
+            f"SELECT * FROM sessions{where} ORDER BY started_at DESC, id LIMIT ?", (limit,)
+        )
+        return [_session(r) for r in rows]
+
+    def get_approval(self, approval_id: str) -> Approval | None:
+        rows = self._query("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+        return _approval(rows[0]) if rows else None
+
+    def list_approvals(self, *, pending_only: bool = True) -> list[Approval]:
+        where = " WHERE state = 'pending'" if pending_only else ""
+        rows = self._query(f"SELECT * FROM approvals{where} ORDER BY requested_at, id")
+        return [_approval(r) for r in rows]
+
 
 class _SqliteTx:
     def __init__(self, db: sqlite3.Connection) -> None:
@@ -275,6 +312,126 @@ class _SqliteTx:
             (seq, _ts(at), actor, action, json.dumps(details, sort_keys=True), prev, digest),
         )
         return AuditEvent(seq, at, actor, action, details, prev, digest)
+
+    def get_session(self, session_id: str) -> Session | None:
+        row = self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return _session(row) if row else None
+
+    def insert_session(self, session: Session) -> None:
+        self._db.execute(
+            "INSERT INTO sessions (id, grant_id, agent, task, target, kind, client, command,"
+            " started_at, node) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                session.id,
+                session.grant_id,
+                session.agent,
+                session.task,
+                session.target,
+                session.kind.value,
+                session.client,
+                session.command,
+                _ts(session.started_at),
+                session.node,
+            ),
+        )
+
+    def end_session(self, session: Session) -> None:
+        assert session.ended_at is not None and session.end_reason is not None
+        self._db.execute(
+            "UPDATE sessions SET ended_at = ?, end_reason = ?, exit_status = ?, bytes_up = ?,"
+            " bytes_down = ?, detail = ? WHERE id = ? AND ended_at IS NULL",
+            (
+                _ts(session.ended_at),
+                session.end_reason.value,
+                session.exit_status,
+                session.bytes_up,
+                session.bytes_down,
+                session.detail,
+                session.id,
+            ),
+        )
+
+    def end_active_sessions(self, node: str, at: datetime, reason: EndReason) -> list[str]:
+        rows = self._db.execute(
+            "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE node = ? AND ended_at IS NULL"
+            " RETURNING id",
+            (_ts(at), reason.value, node),
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def get_approval(self, approval_id: str) -> Approval | None:
+        row = self._db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        return _approval(row) if row else None
+
+    def insert_approval(self, approval: Approval) -> None:
+        self._db.execute(
+            "INSERT INTO approvals (id, kind, session_id, grant_id, agent, task, target, body,"
+            " reasons, requested_at, expires_at, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                approval.id,
+                approval.kind,
+                approval.session_id,
+                approval.grant_id,
+                approval.agent,
+                approval.task,
+                approval.target,
+                approval.text,
+                json.dumps(list(approval.reasons)),
+                _ts(approval.requested_at),
+                _ts(approval.expires_at),
+                approval.state.value,
+            ),
+        )
+
+    def decide_approval(
+        self, approval_id: str, state: ApprovalState, at: datetime, by: str, reason: str
+    ) -> None:
+        self._db.execute(
+            "UPDATE approvals SET state = ?, decided_at = ?, decided_by = ?, decision_reason = ?"
+            " WHERE id = ? AND state = 'pending'",
+            (state.value, _ts(at), by, reason, approval_id),
+        )
+
+
+def _session(row: sqlite3.Row) -> Session:
+    return Session(
+        id=row["id"],
+        grant_id=row["grant_id"],
+        agent=row["agent"],
+        task=row["task"],
+        target=row["target"],
+        kind=SessionKind(row["kind"]),
+        client=row["client"],
+        command=row["command"],
+        started_at=_dt(row["started_at"]),
+        node=row["node"],
+        ended_at=_dt(row["ended_at"]) if row["ended_at"] else None,
+        end_reason=EndReason(row["end_reason"]) if row["end_reason"] else None,
+        exit_status=row["exit_status"],
+        bytes_up=row["bytes_up"],
+        bytes_down=row["bytes_down"],
+        detail=row["detail"],
+    )
+
+
+def _approval(row: sqlite3.Row) -> Approval:
+    return Approval(
+        id=row["id"],
+        kind=row["kind"],
+        session_id=row["session_id"],
+        grant_id=row["grant_id"],
+        agent=row["agent"],
+        task=row["task"],
+        target=row["target"],
+        text=row["body"],
+        reasons=tuple(json.loads(row["reasons"])),
+        requested_at=_dt(row["requested_at"]),
+        expires_at=_dt(row["expires_at"]),
+        state=ApprovalState(row["state"]),
+        decided_at=_dt(row["decided_at"]) if row["decided_at"] else None,
+        decided_by=row["decided_by"],
+        decision_reason=row["decision_reason"],
+    )
 
 
 def _target(row: sqlite3.Row) -> Target:

@@ -1,0 +1,262 @@
+"""The gateway's side of the service API: logins, sessions, approvals, and the change feed.
+
+`transport/` calls this for every decision and every record; it owns no sockets.
+Each decision is made by the pure functions in `access.py` and `cmdpolicy.py`, and
+each outcome is written to the store together with its audit event.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from bastion import access
+from bastion.access import Denial, LoginPermit
+from bastion.models import (
+    Approval,
+    ApprovalState,
+    AuditEvent,
+    EndReason,
+    PresentedCertificate,
+    Session,
+    SessionKind,
+    Target,
+    TargetSecret,
+)
+from bastion.service import Bastion
+from bastion.store import Store
+
+# Audit actions that running gateways react to.
+WATCHED_ACTIONS = ("grant.revoked", "session.kill_requested", "approval.decided")
+
+
+class Gatekeeper:
+    def __init__(self, bastion: Bastion, node: str) -> None:
+        self.bastion = bastion
+        self.node = node
+
+    @property
+    def store(self) -> Store:
+        return self.bastion.store
+
+    def now(self) -> datetime:
+        return self.bastion.clock.now()
+
+    # -- logins ---------------------------------------------------------------
+
+    def authenticate(
+        self, cert: PresentedCertificate, username: str, client: str
+    ) -> LoginPermit | Denial:
+        now = self.now()
+        grant_id = access.grant_id_from_key_id(cert.key_id)
+        grant = self.store.get_grant(grant_id) if grant_id else None
+        target = self.store.get_target(username)
+        decision = access.decide_login(cert, username, grant, target, now)
+        details = {
+            "login": username,
+            "client": client,
+            "serial": cert.serial,
+            "key_id": cert.key_id,
+            "key_fingerprint": cert.key_fingerprint,
+        }
+        with self.store.transaction() as tx:
+            if isinstance(decision, Denial):
+                tx.append_audit(
+                    now, "gateway", "login.refused", {**details, "reason": decision.reason}
+                )
+            else:
+                tx.append_audit(
+                    now,
+                    decision.grant.agent,
+                    "login.accepted",
+                    {**details, "grant": decision.grant.id, "task": decision.grant.task},
+                )
+        return decision
+
+    def refuse(self, username: str, client: str, reason: str) -> None:
+        """Audit a refusal that never reached certificate checks (plain key, password...)."""
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(),
+                "gateway",
+                "login.refused",
+                {"login": username, "client": client, "reason": reason},
+            )
+
+    def target_error(
+        self, target: str, grant_id: str, message: str, host_key_mismatch: bool
+    ) -> None:
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(),
+                "gateway",
+                "target.host_key_mismatch" if host_key_mismatch else "target.unreachable",
+                {"target": target, "grant": grant_id, "reason": message},
+            )
+
+    def forward_refused(self, grant_id: str, host: str, port: int, reason: str) -> None:
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(),
+                "gateway",
+                "forward.refused",
+                {"grant": grant_id, "destination": f"{host}:{port}", "reason": reason},
+            )
+
+    def target(self, name: str) -> Target | None:
+        return self.store.get_target(name)
+
+    def targets(self) -> dict[str, Target]:
+        return {t.name: t for t in self.store.list_targets()}
+
+    def target_secret(self, name: str) -> TargetSecret | None:
+        return self.store.get_target_secret(name)
+
+    # -- sessions -------------------------------------------------------------
+
+    def open_session(
+        self, permit: LoginPermit, target: str, kind: SessionKind, client: str, command: str | None
+    ) -> Session:
+        session = Session(
+            id="s-" + secrets.token_hex(6),
+            grant_id=permit.grant.id,
+            agent=permit.grant.agent,
+            task=permit.grant.task,
+            target=target,
+            kind=kind,
+            client=client,
+            command=command,
+            started_at=self.now(),
+            node=self.node,
+        )
+        with self.store.transaction() as tx:
+            tx.insert_session(session)
+            tx.append_audit(
+                session.started_at,
+                session.agent,
+                "session.started",
+                {
+                    "session": session.id,
+                    "grant": session.grant_id,
+                    "task": session.task,
+                    "target": target,
+                    "kind": kind.value,
+                    "client": client,
+                    "command": command,
+                },
+            )
+        return session
+
+    def close_session(
+        self,
+        session: Session,
+        reason: EndReason,
+        *,
+        exit_status: int | None = None,
+        bytes_up: int = 0,
+        bytes_down: int = 0,
+        detail: str = "",
+    ) -> Session:
+        ended = replace(
+            session,
+            ended_at=self.now(),
+            end_reason=reason,
+            exit_status=exit_status,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
+            detail=detail,
+        )
+        assert ended.ended_at is not None
+        with self.store.transaction() as tx:
+            tx.end_session(ended)
+            tx.append_audit(
+                ended.ended_at,
+                "gateway",
+                "session.ended",
+                {
+                    "session": session.id,
+                    "grant": session.grant_id,
+                    "agent": session.agent,
+                    "reason": reason.value,
+                    "exit_status": exit_status,
+                    "bytes_up": bytes_up,
+                    "bytes_down": bytes_down,
+                    "detail": detail,
+                },
+            )
+        return ended
+
+    def recover(self) -> list[str]:
+        """At start: sessions this node left open were cut short by a crash."""
+        now = self.now()
+        with self.store.transaction() as tx:
+            ids = tx.end_active_sessions(self.node, now, EndReason.BASTION_CRASH)
+            if ids:
+                tx.append_audit(
+                    now, "gateway", "sessions.recovered", {"node": self.node, "sessions": ids}
+                )
+        return ids
+
+    # -- approvals ------------------------------------------------------------
+
+    def request_approval(
+        self,
+        session: Session,
+        kind: str,
+        text: str,
+        reasons: tuple[str, ...],
+        timeout: timedelta,
+    ) -> Approval:
+        now = self.now()
+        approval = Approval(
+            id="a-" + secrets.token_hex(4),
+            kind=kind,
+            session_id=session.id,
+            grant_id=session.grant_id,
+            agent=session.agent,
+            task=session.task,
+            target=session.target,
+            text=text,
+            reasons=reasons,
+            requested_at=now,
+            expires_at=now + timeout,
+        )
+        with self.store.transaction() as tx:
+            tx.insert_approval(approval)
+            tx.append_audit(now, session.agent, "approval.requested", approval.to_dict())
+        return approval
+
+    def approval(self, approval_id: str) -> Approval | None:
+        return self.store.get_approval(approval_id)
+
+    def expire_approval(self, approval: Approval, why: str) -> Approval:
+        """The wait ended without a decision: record it, unless a human decided meanwhile."""
+        now = self.now()
+        with self.store.transaction() as tx:
+            current = tx.get_approval(approval.id)
+            if current is None or current.state is not ApprovalState.PENDING:
+                return current or approval
+            tx.decide_approval(approval.id, ApprovalState.EXPIRED, now, "gateway", why)
+            tx.append_audit(
+                now,
+                "gateway",
+                "approval.decided",
+                {
+                    "approval": approval.id,
+                    "state": "expired",
+                    "session": approval.session_id,
+                    "reason": why,
+                },
+            )
+        found = self.store.get_approval(approval.id)
+        assert found is not None
+        return found
+
+    # -- change feed ----------------------------------------------------------
+
+    def last_change(self) -> int:
+        return self.store.last_audit_seq()
+
+    def changes_after(self, seq: int) -> list[AuditEvent]:
+        return self.store.audit_events_after(seq, WATCHED_ACTIONS)

@@ -1,0 +1,320 @@
+"""One agent's SSH connection to the gateway, from authentication to the forced close.
+
+Authentication: asyncssh verifies the certificate's signature and what sshd would
+check (principal, validity, source-address, critical options); the wrapped
+`validate_public_key` then captures the certificate and asks the gatekeeper what
+asyncssh can't know: is this the certificate of a live grant? Plain keys, passwords
+and keyboard-interactive are never offered. A refused connection is audited once,
+with every reason seen, when it closes.
+
+The monitor: once authenticated, a timer is armed on the absolute deadline (the
+earlier of the certificate's and the grant's end). When it fires, or when the
+gateway learns of a revocation or kill, `close_all` tells every session channel why
+on stderr, exits it with 255, closes the target side and the forwards, waits briefly
+for the channels to close, then disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from bastion import access
+from bastion.access import Denial, LoginPermit
+from bastion.cmdpolicy import NeedsApproval, classify_command
+from bastion.models import ApprovalState, EndReason, SessionKind
+from bastion.transport import certs, upstream
+from bastion.transport.relay import ForwardRelay, SessionRelay
+
+if TYPE_CHECKING:
+    from bastion.transport.gateway import Gateway
+
+log = logging.getLogger("bastion.gateway")
+
+
+class GatewayConnection(asyncssh.SSHServer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.gate = gateway.gate
+        self.conn: Any = None
+        self.client = "unknown"
+        self.username = ""
+        self.permit: LoginPermit | None = None
+        self.refusals: list[str] = []
+        self.sessions: set[SessionRelay] = set()
+        self.forwards: set[ForwardRelay] = set()
+        self.closing = False
+        self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    # -- authentication ---------------------------------------------------------
+
+    def connection_made(self, conn: Any) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        if peer:
+            self.client = f"{peer[0]}:{peer[1]}"
+        original = conn.validate_public_key
+
+        async def validate_public_key(
+            username: str, key_data: bytes, msg: bytes, signature: bytes
+        ) -> bool:
+            return await self._validate(original, username, key_data, msg, signature)
+
+        # auth.py calls conn.validate_public_key(); an instance attribute shadows it.
+        conn.validate_public_key = validate_public_key
+        self.gateway.connections.add(self)
+
+    async def _validate(
+        self, original: Any, username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        cert = certs.parse_key_blob(key_data)
+        if cert is None:
+            self._refusal("a plain key is not accepted: a grant certificate is required")
+            return False
+        if not cert.valid_principals:
+            self._refusal("certificate has no principals")
+            return False
+        if not certs.signed_by(cert, self.gateway.ca_public_line):
+            self._refusal("certificate is not signed by this bastion's CA")
+            return False
+        facts = certs.presented(cert)
+        if not await original(username, key_data, msg, signature):
+            # asyncssh's own checks refused it; say which, for the audit trail.
+            reason = self._why_asyncssh_refused(facts, username)
+            self._refusal(reason)
+            return False
+        if not msg:
+            return True  # a query: the signature comes in the next round
+        decision = self.gate.authenticate(facts, username, self.client)
+        if isinstance(decision, Denial):
+            self.refusals.append(decision.reason)  # already audited by the gatekeeper
+            return False
+        self.permit = decision
+        self.refusals.clear()
+        return True
+
+    def _why_asyncssh_refused(self, facts: Any, username: str) -> str:
+        decision = access.decide_login(facts, username, None, None, self.gate.now())
+        if isinstance(decision, Denial) and "no grant" not in decision.reason:
+            return decision.reason
+        if "source-address" in facts.critical_options:
+            return (
+                f"client address not in source-address {facts.critical_options['source-address']}"
+            )
+        return "certificate refused by SSH certificate checks"
+
+    def _refusal(self, reason: str) -> None:
+        if reason not in self.refusals:
+            self.refusals.append(reason)
+
+    def begin_auth(self, username: str) -> bool:
+        self.username = username
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def auth_completed(self) -> None:
+        assert self.permit is not None
+        self._arm(self.permit.deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gateway.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.permit is None and self.refusals:
+            with contextlib.suppress(Exception):
+                self.gate.refuse(self.username, self.client, "; ".join(self.refusals))
+        for relay in list(self.sessions):
+            relay.connection_lost(None)
+        if self._upstream is not None:
+            if self._upstream.done() and self._upstream.exception() is None:
+                self._upstream.result().close()
+            else:
+                self._upstream.cancel()
+
+    # -- the deadline -----------------------------------------------------------
+
+    def _arm(self, deadline: datetime) -> None:
+        delay = (deadline - self.gate.now()).total_seconds()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, delay), self._deadline_reached, deadline)
+
+    def _deadline_reached(self, deadline: datetime) -> None:
+        if self.gate.now() < deadline:  # the wall clock moved back: wait the rest
+            self._arm(deadline)
+            return
+        assert self.permit is not None
+        grant = self.permit.grant
+        stamp = deadline.strftime("%H:%M:%SZ")
+        self.close_all(
+            EndReason.EXPIRED,
+            f"grant {grant.id} (task {grant.task}) expired at {stamp} - session closed;"
+            " ask for a new grant to continue",
+        )
+
+    def close_all(self, reason: EndReason, message: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._closer = asyncio.ensure_future(self._close_all(reason, message))
+
+    async def _close_all(self, reason: EndReason, message: str) -> None:
+        channels = [r.chan for r in self.sessions] + [f.chan for f in self.forwards]
+        for relay in list(self.sessions):
+            relay.fail(reason, message)
+        for forward in list(self.forwards):
+            forward.fail(reason, message)
+        waits = [asyncio.ensure_future(c.wait_closed()) for c in channels if c is not None]
+        if waits:
+            # The stderr line must reach the client before the disconnect, or a PTY loses it.
+            await asyncio.wait(waits, timeout=self.gateway.close_grace)
+        with contextlib.suppress(Exception):
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"bastion: {message}")
+
+    # -- sessions ---------------------------------------------------------------
+
+    def session_requested(self) -> SessionRelay:
+        assert self.permit is not None
+        denial = access.decide_session(self.permit.target, "session")
+        if denial is not None:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, denial.reason
+            )
+        if self.closing:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "connection is closing"
+            )
+        return SessionRelay(self)
+
+    def open_record(self, kind: SessionKind, command: str | None) -> Any:
+        assert self.permit is not None
+        return self.gate.open_session(
+            self.permit, self.permit.target.name, kind, self.client, command
+        )
+
+    def close_record(
+        self, relay: SessionRelay | ForwardRelay, reason: EndReason, status: int | None, detail: str
+    ) -> None:
+        try:
+            self.gate.close_session(
+                relay.record,
+                reason,
+                exit_status=status,
+                bytes_up=relay.bytes_up,
+                bytes_down=relay.bytes_down,
+                detail=detail,
+            )
+        except Exception:
+            log.exception("could not record the end of session %s", relay.record.id)
+
+    async def gate_session(
+        self, relay: SessionRelay, kind: SessionKind, command: str | None
+    ) -> bool:
+        """Hold a destructive command (or a shell, where so configured) for a human."""
+        assert self.permit is not None
+        target = self.permit.target.name
+        config = self.gateway.config
+        if kind is SessionKind.EXEC and command is not None:
+            verdict = classify_command(command, config.command_rules(target))
+            if not isinstance(verdict, NeedsApproval):
+                return True
+            reasons, text = verdict.reasons, command
+        elif kind is SessionKind.SHELL and config.target_policy(target).shell_requires_approval:
+            reasons, text = ("shell_requires_approval",), "<interactive shell>"
+        else:
+            return True
+        timeout = config.approvals.timeout
+        approval = self.gate.request_approval(relay.record, kind.value, text, reasons, timeout)
+        minutes = int(timeout.total_seconds() // 60)
+        wait = f"{minutes}m" if minutes else f"{int(timeout.total_seconds())}s"
+        relay.notify(
+            f"[bastion] approval required (request {approval.id}): {text} - waiting up to {wait}"
+        )
+        decided = await self.gateway.wait_for_decision(approval, timeout)
+        if decided.state is ApprovalState.APPROVED:
+            relay.notify(f"[bastion] approved by {decided.decided_by} (request {approval.id})")
+            return True
+        if decided.state is ApprovalState.DENIED:
+            message = (
+                f"denied by {decided.decided_by}: {decided.decision_reason} (request {approval.id})"
+            )
+        else:
+            message = (
+                f"approval request {approval.id} timed out after {wait}; the command did not run"
+            )
+        relay.fail(EndReason.DENIED, message, exit_status=126)
+        return False
+
+    async def upstream(self) -> asyncssh.SSHClientConnection:
+        """The bastion's own connection to the target, opened once per agent connection."""
+        if self._upstream is None:
+            assert self.permit is not None
+            self._upstream = asyncio.ensure_future(self._connect_upstream())
+        return await asyncio.shield(self._upstream)
+
+    async def _connect_upstream(self) -> asyncssh.SSHClientConnection:
+        assert self.permit is not None
+        target = self.permit.target
+        secret = self.gate.target_secret(target.name)
+        if secret is None:
+            raise upstream.UpstreamError(f"target {target.name} has no stored credential")
+        try:
+            return await upstream.connect(target, secret)
+        except upstream.UpstreamError as exc:
+            self.gate.target_error(
+                target.name, self.permit.grant.id, str(exc), exc.host_key_mismatch
+            )
+            raise
+
+    # -- forwards ---------------------------------------------------------------
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        assert self.permit is not None
+        decision = access.decide_forward(
+            self.permit.grant,
+            self.permit.grant.permit_port_forwarding,
+            dest_host,
+            self.gate.targets(),
+        )
+        if isinstance(decision, Denial) or self.closing:
+            reason = decision.reason if isinstance(decision, Denial) else "connection is closing"
+            self.gate.forward_refused(self.permit.grant.id, dest_host, dest_port, reason)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        return self._open_forward(decision, dest_host, dest_port)
+
+    async def _open_forward(self, target: Any, dest_host: str, dest_port: int) -> ForwardRelay:
+        assert self.permit is not None
+        record = self.gate.open_session(
+            self.permit,
+            target.name,
+            SessionKind.FORWARD,
+            self.client,
+            f"-L {dest_host}:{dest_port} -> {target.host}:{target.port}",
+        )
+        try:
+            return await ForwardRelay.open(self, target.host, target.port, record)
+        except OSError as exc:
+            reason = (
+                f"can't reach target {target.name} ({target.host}:{target.port}): {exc.strerror}"
+            )
+            self.gate.close_session(record, EndReason.TARGET_ERROR, detail=reason)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False  # no remote forwards (-R) through the bastion

@@ -1,0 +1,167 @@
+"""The SSH gateway: the listener, the live connections, and the change feed.
+
+One `Gateway` per `bastion serve`. It listens, keeps the set of live connections,
+and watches the store's audit feed for what other processes decided (a revocation,
+a kill, an approval) so it can act on it within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import Any
+
+import asyncssh
+
+from bastion.config import Config
+from bastion.gatekeeper import Gatekeeper
+from bastion.models import Approval, ApprovalState, EndReason
+from bastion.transport import asyncssh_fixes
+from bastion.transport.connection import GatewayConnection
+
+log = logging.getLogger("bastion.gateway")
+
+# The client picks the cipher from what the server offers; stock OpenSSH prefers
+# chacha20-poly1305, which asyncssh runs at half the speed of AES-GCM. Offering only
+# AES-GCM (which every OpenSSH since 6.2 supports) makes clients use it.
+LISTEN_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+POLL_INTERVAL = 0.2
+
+
+class Gateway:
+    def __init__(
+        self,
+        gate: Gatekeeper,
+        config: Config,
+        ca_public_line: str,
+        host_key_path: str,
+        close_grace: float = 1.0,
+    ) -> None:
+        asyncssh_fixes.apply()
+        self.gate = gate
+        self.config = config
+        self.ca_public_line = ca_public_line
+        self.host_key_path = host_key_path
+        self.close_grace = close_grace
+        self.connections: set[GatewayConnection] = set()
+        self._waiters: dict[str, asyncio.Future[Approval]] = {}
+        self._server: Any = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._cursor = 0
+
+    async def listen(self, host: str, port: int) -> int:
+        """Start accepting; returns the port (useful with port 0)."""
+        authorized = asyncssh.import_authorized_keys(f"cert-authority {self.ca_public_line}\n")
+        self._server = await asyncssh.listen(
+            host,
+            port,
+            server_factory=lambda: GatewayConnection(self),
+            server_host_keys=[self.host_key_path],
+            authorized_client_keys=authorized,
+            public_key_auth=True,
+            password_auth=False,
+            kbdint_auth=False,
+            host_based_auth=False,
+            gss_host=None,
+            line_editor=False,
+            encoding=None,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            encryption_algs=LISTEN_CIPHERS,
+            compression_algs=["none"],
+            login_timeout=self.config.server.login_timeout.total_seconds(),
+            keepalive_interval=60,
+            reuse_address=True,
+        )
+        self._cursor = self.gate.last_change()
+        self._watcher = asyncio.ensure_future(self._watch())
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def shutdown(
+        self, message: str = "the bastion is shutting down - session closed"
+    ) -> None:
+        """Stop accepting, tell every live session why, close them within a bounded time."""
+        if self._server is not None:
+            self._server.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        live = list(self.connections)
+        for conn in live:
+            conn.close_all(EndReason.BASTION_SHUTDOWN, message)
+        deadline = asyncio.get_running_loop().time() + self.close_grace + 1.0
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            with contextlib.suppress(Exception):
+                conn.conn.abort()
+
+    # -- approvals ---------------------------------------------------------------
+
+    async def wait_for_decision(self, approval: Approval, timeout: timedelta) -> Approval:
+        future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
+        self._waiters[approval.id] = future
+        try:
+            # A decision may have landed between the request and now.
+            current = self.gate.approval(approval.id)
+            if current is not None and current.state is not ApprovalState.PENDING:
+                return current
+            return await asyncio.wait_for(future, timeout.total_seconds())
+        except TimeoutError:
+            return self.gate.expire_approval(approval, "timed out")
+        except asyncio.CancelledError:
+            self.gate.expire_approval(approval, "the session ended while waiting")
+            raise
+        finally:
+            self._waiters.pop(approval.id, None)
+
+    # -- the change feed ---------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                self.poll_changes()
+            except Exception:
+                log.exception("reading the change feed failed; retrying")
+
+    def poll_changes(self) -> None:
+        for event in self.gate.changes_after(self._cursor):
+            self._cursor = event.seq
+            details = event.details
+            if event.action == "grant.revoked":
+                self._revoked(details["grant"], event.actor, details.get("reason", ""))
+            elif event.action == "session.kill_requested":
+                self._killed(details["session"], event.actor, details.get("reason", ""))
+            elif event.action == "approval.decided":
+                self._decided(details["approval"])
+
+    def _revoked(self, grant_id: str, actor: str, reason: str) -> None:
+        for conn in list(self.connections):
+            if conn.permit is not None and conn.permit.grant.id == grant_id:
+                grant = conn.permit.grant
+                conn.close_all(
+                    EndReason.REVOKED,
+                    f"grant {grant.id} (task {grant.task}) revoked by {actor}: {reason}"
+                    " - session closed",
+                )
+
+    def _killed(self, session_id: str, actor: str, reason: str) -> None:
+        for conn in list(self.connections):
+            for relay in list(conn.sessions) + list(conn.forwards):
+                if relay.record is not None and relay.record.id == session_id:
+                    relay.fail(
+                        EndReason.KILLED,
+                        f"session {session_id} killed by {actor}: {reason}",
+                    )
+
+    def _decided(self, approval_id: str) -> None:
+        future = self._waiters.get(approval_id)
+        if future is None or future.done():
+            return
+        approval = self.gate.approval(approval_id)
+        if approval is not None and approval.state is not ApprovalState.PENDING:
+            future.set_result(approval)

@@ -1,0 +1,369 @@
+"""Relaying one session channel (shell, command, sftp) or one forward to its target.
+
+`SessionRelay` faces the agent (server side) and `_UpstreamHalf` faces the target
+(client side of the bastion's upstream connection). Flow control is crossed: when one
+side's send buffer fills, the other side stops reading, so the gateway holds at most
+about one channel window per direction. Data that arrives before the upstream channel
+is open (or while a command waits for approval) is buffered up to a bound, then the
+agent's channel is paused.
+
+Every relay reports its end exactly once to the `Conduit` (the connection that owns
+it), which records it: exit, client-closed, or the reason it was cut short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from bastion.models import EndReason, SessionKind
+
+if TYPE_CHECKING:
+    from bastion.transport.connection import GatewayConnection
+
+_PENDING_LIMIT = 256 * 1024
+_FORWARDED_ENV_PREFIXES = ("LC_",)
+_FORWARDED_ENV = ("LANG",)
+STDERR = asyncssh.EXTENDED_DATA_STDERR
+
+
+class SessionRelay(asyncssh.SSHServerSession[bytes]):
+    def __init__(self, conn: GatewayConnection) -> None:
+        self.conn = conn
+        self.chan: Any = None
+        self.up: Any = None
+        self.record: Any = None  # models.Session once the request is known
+        self.pty: tuple[str, tuple[int, int, int, int], Any] | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._pending_eof = False
+        self._ended = False
+        self._up_done = False
+        self._lost = False
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- requests from the agent ----------------------------------------------
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        self.conn.sessions.add(self)
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        self.pty = (term_type, term_size, term_modes)
+        return True
+
+    def shell_requested(self) -> bool:
+        return self._begin(SessionKind.SHELL, None, None)
+
+    def exec_requested(self, command: str | bytes) -> bool:
+        if isinstance(command, bytes):
+            command = command.decode("utf-8", errors="replace")
+        return self._begin(SessionKind.EXEC, command, None)
+
+    def subsystem_requested(self, subsystem: str | bytes) -> bool:
+        if isinstance(subsystem, bytes):
+            subsystem = subsystem.decode("utf-8", errors="replace")
+        if subsystem != "sftp":
+            return False
+        return self._begin(SessionKind.SFTP, None, "sftp")
+
+    def _begin(self, kind: SessionKind, command: str | None, subsystem: str | None) -> bool:
+        if self.conn.closing:
+            return False
+        self.record = self.conn.open_record(kind, command)
+        # Pausing here would be undone by asyncssh right after this returns.
+        asyncio.get_running_loop().call_soon(self._pause_until_upstream)
+        self._task = asyncio.ensure_future(self._run(kind, command, subsystem))
+        return True
+
+    def _pause_until_upstream(self) -> None:
+        if self.up is None and not self._lost:
+            self.chan.pause_reading()
+
+    async def _run(self, kind: SessionKind, command: str | None, subsystem: str | None) -> None:
+        permitted = await self.conn.gate_session(self, kind, command)
+        if not permitted or self._ended:
+            return
+        try:
+            upstream = await self.conn.upstream()
+        except Exception as exc:  # UpstreamError, or anything unexpected
+            self.fail(EndReason.TARGET_ERROR, str(exc))
+            return
+        if self._ended or self._lost:
+            return
+        env = {
+            k: v
+            for k, v in self.chan.get_environment().items()
+            if k in _FORWARDED_ENV or k.startswith(_FORWARDED_ENV_PREFIXES)
+        }
+        options: dict[str, Any] = {"request_pty": False}
+        if self.pty is not None:
+            term_type, term_size, term_modes = self.pty
+            options = {
+                "request_pty": "force",
+                "term_type": term_type,
+                "term_size": term_size,
+                "term_modes": term_modes,
+            }
+        try:
+            up, _ = await upstream.create_session(
+                lambda: _UpstreamHalf(self),
+                command if kind is SessionKind.EXEC else None,
+                subsystem=subsystem,
+                env=env,
+                encoding=None,
+                **options,
+            )
+        except (asyncssh.Error, OSError) as exc:
+            self.fail(EndReason.TARGET_ERROR, f"target refused the session: {exc}")
+            return
+        if self._ended or self._lost:
+            up.close()
+            return
+        self.up = up
+        for chunk in self._pending:
+            up.write(chunk)
+        self._pending.clear()
+        self._pending_size = 0
+        if self._pending_eof:
+            up.write_eof()
+        self.chan.resume_reading()
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.bytes_up += len(data)
+        if self.up is not None:
+            self.up.write(data, datatype)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > _PENDING_LIMIT:
+            self.chan.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.up is not None:
+            self.up.write_eof()
+        else:
+            self._pending_eof = True
+        return True  # keep our sending side open: `cat file | ssh ... sort`
+
+    def pause_writing(self) -> None:
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None:
+            self.up.resume_reading()
+
+    def terminal_size_changed(self, width: int, height: int, pixw: int, pixh: int) -> None:
+        if self.up is not None:
+            self.up.change_terminal_size(width, height, pixw, pixh)
+        elif self.pty is not None:
+            self.pty = (self.pty[0], (width, height, pixw, pixh), self.pty[2])
+
+    def signal_received(self, signal: str) -> None:
+        if self.up is not None:
+            self.up.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self.up is not None:
+            self.up.send_break(msec)
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.conn.sessions.discard(self)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._close_upstream()
+        self._end(EndReason.CLIENT_CLOSED)
+
+    # -- endings --------------------------------------------------------------
+
+    def upstream_finished(self, status: int | None, signal: tuple[Any, ...] | None) -> None:
+        self._up_done = True
+        if self._ended or self._lost:
+            return
+        detail = ""
+        try:
+            if signal is not None:
+                name, core_dumped, msg, lang = signal
+                detail = f"signal {name}"
+                self.chan.exit_with_signal(name, core_dumped, msg, lang)
+            elif status is not None:
+                self.chan.exit(status)
+            else:
+                self.chan.close()
+        except OSError:
+            pass
+        self._end(EndReason.EXIT, exit_status=status, detail=detail)
+
+    def notify(self, message: str, *, new_line: bool = False) -> None:
+        """One line on the agent's stderr, visible with and without a PTY.
+
+        `new_line` starts it on a fresh line, for notices that may cut into output.
+        """
+        if self.chan is None or self._lost:
+            return
+        nl = "\r\n" if self.pty is not None else "\n"
+        lead = nl if new_line else ""
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.chan.write(f"{lead}{message}{nl}".encode(), STDERR)
+
+    def fail(self, reason: EndReason, message: str, exit_status: int = 255) -> None:
+        """End this session now: tell the agent why, exit non-zero, close the target side."""
+        if self._ended:
+            return
+        self.notify(f"[bastion] {message}", new_line=exit_status != 126)
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.chan.exit(exit_status)
+        self._close_upstream()
+        self._end(reason, exit_status=exit_status, detail=message)
+
+    def _close_upstream(self) -> None:
+        # Not up.is_closing(): that is already true after write_eof().
+        if self.up is not None and not self._up_done:
+            # sshd doesn't kill a command without a PTY when its channel closes: ask it to.
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.up.send_signal("HUP")
+            self.up.close()
+            self._up_done = True
+
+    def _end(self, reason: EndReason, exit_status: int | None = None, detail: str = "") -> None:
+        if self._ended or self.record is None:
+            self._ended = True
+            return
+        self._ended = True
+        self.conn.close_record(self, reason, exit_status, detail)
+
+
+class _UpstreamHalf(asyncssh.SSHClientSession[bytes]):
+    def __init__(self, down: SessionRelay) -> None:
+        self.down = down
+        self.status: int | None = None
+        self.signal: tuple[Any, ...] | None = None
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.down.bytes_down += len(data)
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.down.chan.write(data, datatype)
+
+    def eof_received(self) -> bool:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.down.chan.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self.down.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.down.chan.resume_reading()
+
+    def exit_status_received(self, status: int) -> None:
+        self.status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.signal = (signal, core_dumped, msg, lang)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.down.upstream_finished(self.status, self.signal)
+
+
+class _TcpHalf(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.forward: ForwardRelay | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()  # until the SSH channel exists
+
+    def data_received(self, data: bytes) -> None:
+        assert self.forward is not None
+        self.forward.bytes_down += len(data)
+        self.forward.chan.write(data)
+
+    def eof_received(self) -> bool:
+        if self.forward is not None and self.forward.chan is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.forward.chan.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.forward is not None:
+            self.forward.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.forward is not None:
+            self.forward.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.forward is not None and self.forward.chan is not None:
+            self.forward.chan.close()
+
+
+class ForwardRelay(asyncssh.SSHTCPSession[bytes]):
+    """A `-L` channel relayed as bytes to a target's registered address."""
+
+    def __init__(self, conn: GatewayConnection, tcp: _TcpHalf, record: Any) -> None:
+        self.conn = conn
+        self.tcp = tcp
+        tcp.forward = self
+        self.record = record
+        self.chan: Any = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._ended = False
+
+    @classmethod
+    async def open(cls, conn: GatewayConnection, host: str, port: int, record: Any) -> ForwardRelay:
+        loop = asyncio.get_running_loop()
+        _, tcp = await loop.create_connection(_TcpHalf, host, port)
+        return cls(conn, tcp, record)
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        self.conn.forwards.add(self)
+        assert self.tcp.transport is not None
+        self.tcp.transport.resume_reading()
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.bytes_up += len(data)
+        assert self.tcp.transport is not None
+        self.tcp.transport.write(data)
+
+    def eof_received(self) -> bool:
+        assert self.tcp.transport is not None
+        if self.tcp.transport.can_write_eof():
+            self.tcp.transport.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        assert self.tcp.transport is not None
+        self.tcp.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.tcp.transport is not None
+        self.tcp.transport.resume_reading()
+
+    def fail(self, reason: EndReason, message: str) -> None:
+        self._finish(reason, message)
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.chan.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.forwards.discard(self)
+        self._finish(EndReason.CLIENT_CLOSED, "")
+
+    def _finish(self, reason: EndReason, detail: str) -> None:
+        if self.tcp.transport is not None:
+            self.tcp.transport.close()
+        if not self._ended:
+            self._ended = True
+            self.conn.close_record(self, reason, None, detail)

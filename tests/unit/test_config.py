@@ -1,0 +1,184 @@
+"""bastion.toml: defaults, validation (unknown and ill-typed keys name key and file), home."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bastion.config import (
+    DEFAULT_CONFIG_TEXT,
+    Config,
+    ConfigError,
+    GrantsConfig,
+    load_config,
+    open_home,
+    resolve_home,
+)
+
+
+def write_config(home: Path, text: str) -> Path:
+    path = home / "bastion.toml"
+    path.write_text(text)
+    return path
+
+
+def config_error(home: Path, text: str) -> str:
+    write_config(home, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(home)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_file_means_defaults(tmp_path: Path) -> None:
+    config = load_config(tmp_path)
+    assert config == Config()
+    assert config.grants == GrantsConfig(
+        default_ttl=timedelta(minutes=30),
+        min_ttl=timedelta(minutes=1),
+        max_ttl=timedelta(hours=8),
+        clock_skew=timedelta(seconds=60),
+    )
+    assert config.server.listen_host_port == ("127.0.0.1", 2222)
+    assert config.store.path == "state.db"
+    assert config.recordings.dir == "recordings"
+
+
+def test_default_config_text_is_the_defaults(tmp_path: Path) -> None:
+    # The commented file `bastion init` writes states exactly the built-in defaults.
+    write_config(tmp_path, DEFAULT_CONFIG_TEXT)
+    assert load_config(tmp_path) == Config()
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        '[server]\nlisten = "127.0.0.1:2200"\nadvertise = "bastion.example:22"\n'
+        '[grants]\ndefault_ttl = "1h"\nmax_ttl = "12h"\nmin_ttl = "90s"\n'
+        '[store]\npath = "db/state.db"\n',
+    )
+    config = load_config(tmp_path)
+    assert config.grants.default_ttl == timedelta(hours=1)
+    assert config.grants.max_ttl == timedelta(hours=12)
+    assert config.grants.min_ttl == timedelta(seconds=90)
+    assert config.server.listen_host_port == ("127.0.0.1", 2200)
+    assert config.server.advertised_host_port == ("bastion.example", 22)
+    assert config.store.path == "db/state.db"
+
+
+def test_advertise_defaults_to_listen(tmp_path: Path) -> None:
+    write_config(tmp_path, '[server]\nlisten = "[::1]:2022"\n')
+    config = load_config(tmp_path)
+    assert config.server.listen_host_port == ("::1", 2022)
+    assert config.server.advertised_host_port == ("::1", 2022)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[grants]\nmax_tll = '8h'\n", "grants.max_tll"),
+        ("[server]\nport = '22'\n", "server.port"),
+        ("[server]\nlisten_host_port = '1.2.3.4:5'\n", "server.listen_host_port"),  # a property
+        ("[server]\n__doc__ = 'x'\n", "server.__doc__"),
+        ("[storage]\npath = 'x'\n", "storage"),
+        ("listen = '127.0.0.1:22'\n", "listen"),
+        ("[grants.extra]\nx = 1\n", "grants.extra"),
+    ],
+)
+def test_unknown_key_names_key_and_file(tmp_path: Path, text: str, key: str) -> None:
+    message = config_error(tmp_path, text)
+    assert f"'{key}'" in message
+    assert "unknown" in message
+    assert str(tmp_path / "bastion.toml") in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "why"),
+    [
+        ("[grants]\nmax_ttl = 8\n", "grants.max_ttl", 'must be a duration string like "30m"'),
+        ("[grants]\ndefault_ttl = '30 minutes'\n", "grants.default_ttl", "invalid duration"),
+        ("[grants]\nmin_ttl = '0s'\n", "grants.min_ttl", "must be longer than zero"),
+        ("[server]\nlisten = 2222\n", "server.listen", "must be of type str, got int"),
+        ("[server]\nadvertise = true\n", "server.advertise", "must be of type str, got bool"),
+        ("[store]\npath = ['a']\n", "store.path", "must be of type str, got list"),
+        ("grants = 'x'\n", "grants", "must be a table ([grants])"),
+    ],
+)
+def test_ill_typed_value_names_key_and_file(tmp_path: Path, text: str, key: str, why: str) -> None:
+    message = config_error(tmp_path, text)
+    assert f"'{key}' in {tmp_path / 'bastion.toml'}" in message
+    assert why in message
+
+
+@pytest.mark.parametrize(
+    "grants",
+    [
+        "min_ttl = '10m'\ndefault_ttl = '5m'",
+        "default_ttl = '9h'",
+        "max_ttl = '10m'",
+        "min_ttl = '9h'",
+    ],
+)
+def test_ttls_must_be_ordered(tmp_path: Path, grants: str) -> None:
+    message = config_error(tmp_path, f"[grants]\n{grants}\n")
+    assert message == (
+        f"'grants' in {tmp_path / 'bastion.toml'}: need min_ttl <= default_ttl <= max_ttl"
+    )
+
+
+def test_ttls_may_be_equal(tmp_path: Path) -> None:
+    write_config(tmp_path, "[grants]\nmin_ttl = '5m'\ndefault_ttl = '5m'\nmax_ttl = '5m'\n")
+    assert load_config(tmp_path).grants.max_ttl == timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("key", ["listen", "advertise"])
+@pytest.mark.parametrize(
+    "value", ["localhost", "127.0.0.1", ":2222", "127.0.0.1:0", "127.0.0.1:65536", "h:ssh"]
+)
+def test_bad_listen_address_names_key_and_file(tmp_path: Path, key: str, value: str) -> None:
+    message = config_error(tmp_path, f'[server]\n{key} = "{value}"\n')
+    assert message == (
+        f"'server.{key}' in {tmp_path / 'bastion.toml'}: expected HOST:PORT, got {value!r}"
+    )
+
+
+def test_bad_toml_names_file(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "[grants\nmax_ttl = '8h'\n")
+    assert message.startswith(f"{tmp_path / 'bastion.toml'} is not valid TOML: ")
+    with pytest.raises(tomllib.TOMLDecodeError):
+        tomllib.loads((tmp_path / "bastion.toml").read_text())
+
+
+def test_not_utf8_names_file(tmp_path: Path) -> None:
+    (tmp_path / "bastion.toml").write_bytes(b"[server]\nlisten = '\xff'\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(tmp_path)
+
+
+def test_unreadable_config_names_file(tmp_path: Path) -> None:
+    (tmp_path / "bastion.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"^can't read .*bastion\.toml"):
+        load_config(tmp_path)
+
+
+def test_home_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BASTION_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_home(None) == tmp_path
+    monkeypatch.setenv("BASTION_HOME", str(tmp_path / "from-env"))
+    assert resolve_home(None) == tmp_path / "from-env"
+    assert resolve_home(str(tmp_path / "explicit")) == tmp_path / "explicit"
+
+
+def test_home_paths_follow_config(tmp_path: Path) -> None:
+    write_config(tmp_path, "[store]\npath = 'var/state.db'\n[recordings]\ndir = 'rec'\n")
+    home = open_home(str(tmp_path))
+    assert home.store_path == tmp_path / "var" / "state.db"
+    assert home.recordings_dir == tmp_path / "rec"
+    assert home.ca_key == tmp_path / "keys" / "ca"
+    assert home.ca_pub == tmp_path / "keys" / "ca.pub"
+    assert home.host_key == tmp_path / "keys" / "host_ed25519"
