@@ -21,7 +21,7 @@ import click
 from bastion import render
 from bastion.clock import Clock, SystemClock
 from bastion.config import Home, ca_passphrase, open_home
-from bastion.errors import BastionError, InvalidInput
+from bastion.errors import BastionError, InvalidInput, VerificationFailed
 from bastion.models import Grant, SslMode, Target
 from bastion.service import Bastion, GrantRequest, initialize
 from bastion.timespec import format_duration, format_time, parse_duration, parse_when
@@ -662,6 +662,115 @@ def _decide(obj: CliContext, approval_id: str, approve: bool, reason: str) -> No
     finally:
         service.close()
     click.echo(f"{a.state.value} {a.id}: {a.agent} on {a.target}: {a.text}")
+
+
+# -- recordings ---------------------------------------------------------------
+
+
+@cli.group()
+def recordings() -> None:
+    """Session recordings: list, replay, render, search, export, verify, prune."""
+
+
+@recordings.command("list")
+@click.option("--agent", help="Only this agent's sessions.")
+@click.option("--target", help="Only sessions on this target.")
+@click.option("--task", help="Only sessions of this task.")
+@click.option("--since", metavar="WHEN", help="A duration ago (2h, 7d) or an ISO 8601 time.")
+@json_option
+@pass_cli
+def recordings_list(
+    obj: CliContext,
+    agent: str | None,
+    target: str | None,
+    task: str | None,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """List recordings, oldest first."""
+    when = parse_when(since, obj.clock.now()) if since else None
+    service = obj.bastion()
+    try:
+        found = service.list_recordings(agent=agent, target=target, task=task, since=when)
+    finally:
+        service.close()
+    if as_json:
+        click.echo(render.to_json([r.to_dict() for r in found]))
+        return
+    if not found:
+        click.echo("no recordings")
+        return
+    click.echo(
+        render.table(
+            ["SESSION", "AGENT", "TARGET", "TASK", "KIND", "STARTED", "STATE", "SIZE"],
+            [
+                (
+                    r.session_id,
+                    r.agent,
+                    r.target,
+                    r.task,
+                    r.kind.value,
+                    format_time(r.started_at),
+                    r.state.value,
+                    "" if r.size is None else r.size,
+                )
+                for r in found
+            ],
+        )
+    )
+
+
+@recordings.command("verify")
+@click.argument("session_id", metavar="ID", required=False)
+@click.option("--all", "check_all", is_flag=True, help="Verify every recording.")
+@json_option
+@pass_cli
+def recordings_verify(
+    obj: CliContext, session_id: str | None, check_all: bool, as_json: bool
+) -> None:
+    """Check recordings against their signed seals; exit 8 if any was edited or lost."""
+    if (session_id is None) == (not check_all):
+        raise InvalidInput("give a recording ID or --all")
+    service = obj.bastion()
+    try:
+        ids = [r.session_id for r in service.list_recordings()] if check_all else [session_id or ""]
+        checks = [service.verify_recording(i) for i in ids]
+    finally:
+        service.close()
+    if as_json:
+        click.echo(
+            render.to_json(
+                [
+                    {"session": c.recording.session_id, "ok": c.ok, "detail": c.detail}
+                    for c in checks
+                ]
+            )
+        )
+    else:
+        for check in checks:
+            status = "OK  " if check.ok else "FAIL"
+            click.echo(f"{status} {check.recording.session_id}  {check.detail}")
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise VerificationFailed(f"{len(bad)} of {len(checks)} recordings failed verification")
+
+
+@recordings.command("prune")
+@click.option("--older-than", "older_than", required=True, help="Age, e.g. 90d.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@pass_cli
+def recordings_prune(obj: CliContext, older_than: str, dry_run: bool) -> None:
+    """Delete recordings of sessions that ended longer ago than --older-than (audited)."""
+    age = parse_duration(older_than)
+    service = obj.bastion()
+    try:
+        pruned = service.prune_recordings(age, dry_run=dry_run)
+    finally:
+        service.close()
+    verb = "would delete" if dry_run else "deleted"
+    for recording in pruned:
+        click.echo(f"{verb} {recording.session_id} ({recording.agent} on {recording.target})")
+    click.echo(f"{verb} {len(pruned)} recordings")
 
 
 # -- audit --------------------------------------------------------------------

@@ -123,6 +123,9 @@ class TargetPolicy:
 
     commands: tuple[CommandRule, ...] | None = None
     shell_requires_approval: bool = False
+    # "mandatory": a session that can't be recorded doesn't run; "best-effort": it runs,
+    # and every loss of recording is an audit event.
+    recording: str = "mandatory"
 
 
 @dataclass(frozen=True)
@@ -199,15 +202,7 @@ def parse_config(data: dict[str, Any], source: Path) -> Config:
             raise ConfigError(f"unknown section or key '{name}' in {source}")
         if not isinstance(body, dict):
             raise ConfigError(f"'{name}' in {source} must be a table ([{name}])")
-        defaults = cls()
-        # Only the dataclass fields: `hasattr` would also accept properties and dunders.
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {}
-        for key, value in body.items():
-            if key not in known:
-                raise ConfigError(f"unknown key '{name}.{key}' in {source}")
-            values[key] = _convert(name, key, value, getattr(defaults, key), source)
-        sections[name] = cls(**values)
+        sections[name] = cls(**_parse_table(cls, name, body, source))
     config = Config(**sections)
     _check_consistency(config, source)
     return config
@@ -217,21 +212,34 @@ def _parse_target_policies(body: Any, source: Path) -> dict[str, TargetPolicy]:
     if not isinstance(body, dict):
         raise ConfigError(f"'targets' in {source} must be a table of [targets.NAME] tables")
     policies = {}
-    defaults = TargetPolicy()
     for target, table in body.items():
         section = f"targets.{target}"
         if not isinstance(table, dict):
             raise ConfigError(f"'{section}' in {source} must be a table")
-        values = {}
-        for key, value in table.items():
-            if not hasattr(defaults, key):
-                raise ConfigError(f"unknown key '{section}.{key}' in {source}")
-            values[key] = _convert(section, key, value, getattr(defaults, key), source)
-        policies[target] = TargetPolicy(**values)
+        policies[target] = TargetPolicy(**_parse_table(TargetPolicy, section, table, source))
     return policies
 
 
+def _parse_table(
+    cls: type[Any], section: str, table: dict[str, Any], source: Path
+) -> dict[str, Any]:
+    """A TOML table's values for dataclass `cls`, converted; an unknown key is an error."""
+    # Only the dataclass fields: `hasattr` would also accept properties, methods and dunders.
+    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in defaults:
+            raise ConfigError(f"unknown key '{section}.{key}' in {source}")
+        values[key] = _convert(section, key, value, defaults[key], source)
+    return values
+
+
 def _check_consistency(config: Config, source: Path) -> None:
+    for name, policy in config.targets.items():
+        if policy.recording not in ("mandatory", "best-effort"):
+            raise ConfigError(
+                f'\'targets.{name}.recording\' in {source} must be "mandatory" or "best-effort"'
+            )
     grants = config.grants
     if grants.min_ttl < timedelta(seconds=1):
         raise ConfigError(f"'grants.min_ttl' in {source} must be at least 1s")

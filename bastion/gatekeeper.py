@@ -8,8 +8,12 @@ each outcome is written to the store together with its audit event.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import replace
 from datetime import datetime, timedelta
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bastion import access
 from bastion.access import Denial, LoginPermit
@@ -19,11 +23,15 @@ from bastion.models import (
     AuditEvent,
     EndReason,
     PresentedCertificate,
+    Recording,
+    RecordingState,
     Session,
     SessionKind,
     Target,
     TargetSecret,
 )
+from bastion.recording import seal
+from bastion.recording.writer import Recorder, RecordingFailed
 from bastion.service import Bastion
 from bastion.store import Store
 
@@ -32,9 +40,18 @@ WATCHED_ACTIONS = ("grant.revoked", "session.kill_requested", "approval.decided"
 
 
 class Gatekeeper:
-    def __init__(self, bastion: Bastion, node: str) -> None:
+    def __init__(
+        self,
+        bastion: Bastion,
+        node: str,
+        signing_key: ed25519.Ed25519PrivateKey | None = None,
+        recording_executor: Executor | None = None,
+    ) -> None:
         self.bastion = bastion
         self.node = node
+        self.signing_key = signing_key
+        self.recording_executor = recording_executor
+        self.recordings_dir = bastion.home.recordings_dir
 
     @property
     def store(self) -> Store:
@@ -196,7 +213,76 @@ class Gatekeeper:
                 tx.append_audit(
                     now, "gateway", "sessions.recovered", {"node": self.node, "sessions": ids}
                 )
+        for recording in self.store.list_recordings(states=(RecordingState.RECORDING,)):
+            if recording.node == self.node:
+                self._seal(recording.session_id, RecordingState.CRASHED, "recording.recovered")
         return ids
+
+    # -- recordings -------------------------------------------------------------
+
+    def start_recording(self, session: Session, header: dict[str, object]) -> Recorder:
+        """Create the session's recording and index it; raises RecordingFailed."""
+        relative = f"{session.started_at:%Y-%m-%d}/{session.id}.rec"
+        recorder = Recorder(
+            self.recordings_dir / relative, self.bastion.clock, header, self.recording_executor
+        )
+        with self.store.transaction() as tx:
+            tx.insert_recording(
+                Recording(
+                    session_id=session.id,
+                    path=relative,
+                    node=self.node,
+                    agent=session.agent,
+                    grant_id=session.grant_id,
+                    task=session.task,
+                    target=session.target,
+                    kind=session.kind,
+                    started_at=session.started_at,
+                )
+            )
+        return recorder
+
+    def finish_recording(
+        self, session: Session, recorder: Recorder, end: Mapping[str, object]
+    ) -> None:
+        """Close the file and seal its hash into the audit chain."""
+        state = RecordingState.CLOSED
+        try:
+            recorder.close(end)
+        except RecordingFailed:
+            recorder.abandon()
+            state = RecordingState.FAILED
+        self._seal(session.id, state, "recording.closed")
+
+    def recording_lost(self, session: Session, reason: str, ended_session: bool) -> None:
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(),
+                "gateway",
+                "recording.failed",
+                {"session": session.id, "reason": reason, "session_ended": ended_session},
+            )
+
+    def _seal(self, session_id: str, state: RecordingState, action: str) -> None:
+        recording = self.store.get_recording(session_id)
+        if recording is None:
+            return
+        path = self.recordings_dir / recording.path
+        now = self.now()
+        details: dict[str, object] = {"session": session_id, "path": recording.path}
+        digest: str | None = None
+        size: int | None = None
+        try:
+            digest, size = seal.file_sha256(path)
+        except OSError as exc:
+            details["error"] = exc.strerror or str(exc)
+        else:
+            details.update(sha256=digest, size=size)
+            if self.signing_key is not None:
+                details["signature"] = seal.sign(self.signing_key, session_id, digest, size)
+        with self.store.transaction() as tx:
+            tx.update_recording(session_id, state, ended_at=now, size=size, sha256=digest)
+            tx.append_audit(now, "gateway", action, {**details, "state": state.value})
 
     # -- approvals ------------------------------------------------------------
 

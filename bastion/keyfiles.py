@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -139,21 +140,52 @@ def write_new_file(path: Path, data: bytes, mode: int) -> None:
             os.unlink(tmp)
 
 
-def replace_file(path: Path, data: bytes, mode: int) -> None:
-    """Write `path` atomically (temp file + rename), replacing what was there."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def write_temp_beside(path: Path, data: bytes, mode: int) -> Path:
+    """Write `data` (fsynced, `mode`) to a new temporary file in `path`'s folder.
+
+    `os.replace(temp, path)` then puts it in place atomically; the caller removes the
+    temporary file if it decides not to.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` atomically (temp file + rename), replacing what was there."""
+    tmp = write_temp_beside(path, data, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+CERTIFICATE_TYPE_SUFFIX = b"-cert-v01@openssh.com"
+
+
+def is_certificate_file(path: Path) -> bool | None:
+    """Whether `path` holds an OpenSSH certificate (by its first word); None if it's absent."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(128)
+    except (FileNotFoundError, NotADirectoryError):
+        return None if not path.is_symlink() else False
+    except OSError as exc:
+        raise InvalidInput(f"can't read {path}: {_reason(exc)}") from None
+    words = head.split(maxsplit=1)
+    return bool(words) and words[0].endswith(CERTIFICATE_TYPE_SUFFIX)
 
 
 def generate_keypair(path: Path, comment: str, passphrase: bytes | None = None) -> str:

@@ -184,6 +184,7 @@ class EndReason(enum.StrEnum):
     DENIED = "denied"
     BASTION_SHUTDOWN = "bastion-shutdown"
     BASTION_CRASH = "bastion-crash"
+    RECORDING_FAILED = "recording-failed"
 
 
 @dataclass(frozen=True)
@@ -290,4 +291,48 @@ class Approval:
             "decided_at": self.decided_at.isoformat() if self.decided_at else None,
             "decided_by": self.decided_by,
             "decision_reason": self.decision_reason,
+        }
+
+
+class RecordingState(enum.StrEnum):
+    RECORDING = "recording"
+    CLOSED = "closed"  # ended normally; its SHA-256 is in the audit chain
+    CRASHED = "crashed"  # cut short by a crash; what was written was hashed at recovery
+    FAILED = "failed"  # a write failed; the session was ended (or, best-effort, went on)
+    PRUNED = "pruned"  # deleted by retention
+
+
+@dataclass(frozen=True)
+class Recording:
+    """The index entry of one session's recording file."""
+
+    session_id: str
+    path: str  # relative to the recordings directory
+    node: str
+    agent: str
+    grant_id: str
+    task: str
+    target: str
+    kind: SessionKind
+    started_at: datetime
+    state: RecordingState = RecordingState.RECORDING
+    ended_at: datetime | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.session_id,
+            "path": self.path,
+            "node": self.node,
+            "agent": self.agent,
+            "grant": self.grant_id,
+            "task": self.task,
+            "target": self.target,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "size": self.size,
+            "sha256": self.sha256,
         }

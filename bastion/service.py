@@ -8,6 +8,7 @@ sockets and prints nothing: it returns values and raises `BastionError`s.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncssh
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import SSHCertPublicKeyTypes
 
 from bastion import policy
@@ -32,18 +34,21 @@ from bastion.errors import (
 from bastion.keyfiles import (
     fingerprint,
     generate_keypair,
+    is_certificate_file,
     load_private_key,
     parse_public_key,
     public_line,
     read_public_key,
-    replace_file,
     write_new_file,
+    write_temp_beside,
 )
 from bastion.models import (
     Approval,
     ApprovalState,
     AuditEvent,
     Grant,
+    Recording,
+    RecordingState,
     Revocation,
     Session,
     SslMode,
@@ -51,9 +56,10 @@ from bastion.models import (
     TargetKind,
     TargetSecret,
 )
+from bastion.recording import seal
 from bastion.store import Store
 from bastion.store.sqlite import SqliteStore
-from bastion.timespec import format_time
+from bastion.timespec import format_duration, format_time
 
 
 @dataclass(frozen=True)
@@ -90,69 +96,155 @@ class IssuedGrant:
 
 
 @dataclass(frozen=True)
+class RecordingCheck:
+    recording: Recording
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class AuditVerification:
     events: int
     last_hash: str | None
 
 
 def initialize(home: Home, clock: Clock, actor: str, passphrase: bytes | None) -> InitReport:
-    """Create what is missing of a bastion home; never overwrite a key. Idempotent."""
-    created: list[str] = []
-    kept: list[str] = []
-    home.root.mkdir(parents=True, exist_ok=True)
-    if not home.keys_dir.exists():
-        home.keys_dir.mkdir(mode=0o700)
-        created.append("keys/")
+    """Create what is missing of a bastion home; never overwrite a key. Idempotent.
+
+    Everything already there is checked before anything is created (a key must load,
+    its `.pub` must match it, a `.pub` needs its key, the store must open), and what
+    was created is removed again if a later step fails: a failed init leaves the home
+    as it found it.
+    """
+    host_pub = home.host_key.with_name(home.host_key.name + ".pub")
+    ca: CertificateAuthority | None = None
     if home.ca_key.exists():
         ca = CertificateAuthority.load(home.ca_key, passphrase)
-        kept.append("keys/ca")
-        ca_created = False
+        _check_public_key_file(home.ca_pub, home.ca_key, ca.public_line)
     else:
-        generate_keypair(home.ca_key, "bastion-ca", passphrase)
-        ca = CertificateAuthority.load(home.ca_key, passphrase)
-        created += ["keys/ca", "keys/ca.pub"]
-        ca_created = True
-    if not home.ca_pub.exists():
-        write_new_file(home.ca_pub, (ca.public_line + " bastion-ca\n").encode(), 0o644)
-        created.append("keys/ca.pub")
+        _check_no_public_key_without_key(home.ca_pub, home.ca_key)
+    host_key: Ed25519PrivateKey | None = None
     if home.host_key.exists():
         host_key = load_private_key(home.host_key, None)
-        kept.append("keys/host_ed25519")
-        host_pub = home.host_key.with_name("host_ed25519.pub")
-        if not host_pub.exists():
-            line = public_line(host_key.public_key(), "bastion-host") + "\n"
-            write_new_file(host_pub, line.encode(), 0o644)
-            created.append("keys/host_ed25519.pub")
-        host_line = public_line(host_key.public_key())
+        _check_public_key_file(host_pub, home.host_key, public_line(host_key.public_key()))
     else:
-        host_line = generate_keypair(home.host_key, "bastion-host")
-        created += ["keys/host_ed25519", "keys/host_ed25519.pub"]
-    if not home.recordings_dir.exists():
-        home.recordings_dir.mkdir(mode=0o700, parents=True)
-        created.append(f"{home.config.recordings.dir}/")
-    if not home.config_path.exists():
-        write_new_file(home.config_path, DEFAULT_CONFIG_TEXT.encode(), 0o644)
-        created.append("bastion.toml")
+        _check_no_public_key_without_key(host_pub, home.host_key)
     store_existed = home.store_path.exists()
-    store = SqliteStore(home.store_path)
+    store = SqliteStore(home.store_path) if store_existed else None
+
+    created: list[str] = []
+    kept: list[str] = []
+    made: list[Path] = []  # what to remove again, newest last
     try:
+        _make_dir(home.root, 0o777, made)  # as umask allows
+        if _make_dir(home.keys_dir, 0o700, made):
+            created.append("keys/")
+        if ca is None:
+            generate_keypair(home.ca_key, "bastion-ca", passphrase)
+            made += [home.ca_key, home.ca_pub]
+            ca = CertificateAuthority.load(home.ca_key, passphrase)
+            created += ["keys/ca", "keys/ca.pub"]
+        else:
+            kept.append("keys/ca")
+            if not home.ca_pub.exists():
+                write_new_file(home.ca_pub, (ca.public_line + " bastion-ca\n").encode(), 0o644)
+                made.append(home.ca_pub)
+                created.append("keys/ca.pub")
+        if host_key is None:
+            host_line = generate_keypair(home.host_key, "bastion-host")
+            made += [home.host_key, host_pub]
+            created += ["keys/host_ed25519", "keys/host_ed25519.pub"]
+        else:
+            kept.append("keys/host_ed25519")
+            host_line = public_line(host_key.public_key())
+            if not host_pub.exists():
+                write_new_file(host_pub, (host_line + " bastion-host\n").encode(), 0o644)
+                made.append(host_pub)
+                created.append("keys/host_ed25519.pub")
+        if _make_dir(home.recordings_dir, 0o700, made):
+            created.append(f"{home.config.recordings.dir}/")
+        if not home.config_path.exists():
+            write_new_file(home.config_path, DEFAULT_CONFIG_TEXT.encode(), 0o644)
+            made.append(home.config_path)
+            created.append("bastion.toml")
+        if store is None:
+            store = SqliteStore(home.store_path)
         (kept if store_existed else created).append(home.config.store.path)
-        if ca_created:
-            with store.transaction() as tx:
+        # Whenever this CA's creation is not on record (a new CA, a CA made by an init
+        # that failed later, or a key brought along), record it now.
+        with store.transaction() as tx:
+            if not _ca_initialization_recorded(store, ca.fingerprint):
                 tx.append_audit(
                     clock.now(),
                     actor,
                     "ca.initialized",
                     {"ca_fingerprint": ca.fingerprint, "encrypted": passphrase is not None},
                 )
+    except BaseException:
+        _remove_made(made)
+        raise
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     return InitReport(
         home=home.root,
         created=tuple(created),
         kept=tuple(kept),
         ca_public_line=ca.public_line,
         host_public_line=host_line,
+    )
+
+
+def _check_public_key_file(pub_path: Path, key_path: Path, expected_line: str) -> None:
+    """An existing `.pub` beside a key must hold that key's public half."""
+    if not pub_path.exists():
+        return
+    try:
+        found = public_line(read_public_key(pub_path))
+    except InvalidInput as exc:
+        raise KeyMaterialError(str(exc)) from None
+    if found != expected_line:
+        raise KeyMaterialError(
+            f"{pub_path} does not match {key_path}: it holds another key's public half;"
+            " move it away and run `bastion init` to write it again"
+        )
+
+
+def _check_no_public_key_without_key(pub_path: Path, key_path: Path) -> None:
+    if pub_path.exists() or pub_path.is_symlink():
+        raise AlreadyExists(
+            f"{pub_path} already exists but {key_path} does not; move it away (or restore"
+            " the key) and run `bastion init` again"
+        )
+
+
+def _make_dir(path: Path, mode: int, made: list[Path]) -> bool:
+    """Create `path` (and its missing parents) unless it exists; True if it was created."""
+    if path.is_dir():
+        return False
+    missing = [path, *(p for p in path.parents if not p.exists())]
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"can't create {path}: {exc.strerror}") from None
+    made.extend(reversed(missing))
+    return True
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Undo a failed init: remove what it created, newest first."""
+    for path in reversed(made):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+
+
+def _ca_initialization_recorded(store: Store, ca_fingerprint: str) -> bool:
+    return any(
+        event.action == "ca.initialized" and event.details.get("ca_fingerprint") == ca_fingerprint
+        for event in store.audit_events()
     )
 
 
@@ -191,6 +283,7 @@ class Bastion:
         self, name: str, host: str, port: int, user: str, identity: Path, host_key: str
     ) -> Target:
         policy.check_target_name(name)
+        _check_host(host)
         policy.check_port(port)
         if not user:
             raise InvalidInput("--user must not be empty")
@@ -221,6 +314,7 @@ class Bastion:
         sslrootcert: Path | None = None,
     ) -> Target:
         policy.check_target_name(name)
+        _check_host(host)
         policy.check_port(port)
         if not database or not user:
             raise InvalidInput("--database and --user must not be empty")
@@ -311,55 +405,61 @@ class Bastion:
         )
         if (request.pubkey is None) == (request.generate_key_dir is None):
             raise InvalidInput("give exactly one of --pubkey FILE.pub or --generate-key DIR")
+        cert_path = _certificate_path(request)
         ca = self.load_ca()
 
-        with self._agent_key(request, agent) as (public_key, key_path, pub_path):
-            cert_path = request.out or _cert_path_for(pub_path)
-            with self.store.transaction() as tx:
-                grant_id = _new_grant_id(tx.grant_id_taken)
-                serial = tx.next_serial()
-                kid = policy.key_id(grant_id, agent, task)
-                grant = Grant(
-                    id=grant_id,
-                    agent=agent,
-                    task=task,
-                    reason=request.reason,
-                    targets=names,
-                    valid_after=window.valid_after,
-                    valid_before=window.valid_before,
-                    created_at=now,
-                    created_by=self.actor,
-                    serial=serial,
-                    key_id=kid,
-                    key_fingerprint=fingerprint(public_key),
-                    permit_pty=perms.permit_pty,
-                    permit_port_forwarding=perms.permit_port_forwarding,
-                    source_addresses=sources,
-                    force_command=request.force_command,
-                )
-                cert_line = ca.sign(
-                    CertificateRequest(
-                        public_key=public_key,
+        with self._agent_key(request, agent) as (public_key, key_path, _pub):
+            written: Path | None = None
+            try:
+                with self.store.transaction() as tx:
+                    grant_id = _new_grant_id(tx.grant_id_taken)
+                    serial = tx.next_serial()
+                    kid = policy.key_id(grant_id, agent, task)
+                    grant = Grant(
+                        id=grant_id,
+                        agent=agent,
+                        task=task,
+                        reason=request.reason,
+                        targets=names,
+                        valid_after=window.valid_after,
+                        valid_before=window.valid_before,
+                        created_at=now,
+                        created_by=self.actor,
                         serial=serial,
                         key_id=kid,
-                        principals=names,
-                        valid_after=grant.valid_after,
-                        valid_before=grant.valid_before,
-                        permit_pty=grant.permit_pty,
-                        permit_port_forwarding=grant.permit_port_forwarding,
+                        key_fingerprint=fingerprint(public_key),
+                        permit_pty=perms.permit_pty,
+                        permit_port_forwarding=perms.permit_port_forwarding,
                         source_addresses=sources,
                         force_command=request.force_command,
                     )
-                )
-                tx.insert_grant(grant)
-                tx.append_audit(now, self.actor, "grant.issued", _grant_audit(grant))
-                # Written last inside the transaction: if it fails, nothing is recorded.
-                try:
-                    replace_file(cert_path, f"{cert_line} {agent}@{grant_id}\n".encode(), 0o644)
-                except OSError as exc:
-                    raise InvalidInput(
-                        f"can't write certificate {cert_path}: {exc.strerror}"
-                    ) from None
+                    cert_line = ca.sign(
+                        CertificateRequest(
+                            public_key=public_key,
+                            serial=serial,
+                            key_id=kid,
+                            principals=names,
+                            valid_after=grant.valid_after,
+                            valid_before=grant.valid_before,
+                            permit_pty=grant.permit_pty,
+                            permit_port_forwarding=grant.permit_port_forwarding,
+                            source_addresses=sources,
+                            force_command=request.force_command,
+                        )
+                    )
+                    tx.insert_grant(grant)
+                    tx.append_audit(now, self.actor, "grant.issued", _grant_audit(grant))
+                    # Written aside, last inside the transaction (if that fails, nothing is
+                    # recorded), and put in place only once the grant is committed: a
+                    # certificate never exists without its grant.
+                    written = _write_certificate_aside(
+                        cert_path, f"{cert_line} {agent}@{grant_id}\n".encode()
+                    )
+                _put_certificate_in_place(written, cert_path, grant_id)
+            finally:
+                if written is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        written.unlink()  # the transaction failed: no certificate
         return IssuedGrant(
             grant=grant,
             certificate_path=cert_path,
@@ -528,6 +628,96 @@ class Bastion:
             )
         return self.get_approval(approval_id)
 
+    # -- recordings -------------------------------------------------------------
+
+    def list_recordings(
+        self,
+        agent: str | None = None,
+        target: str | None = None,
+        task: str | None = None,
+        since: datetime | None = None,
+    ) -> list[Recording]:
+        return self.store.list_recordings(agent=agent, target=target, task=task, since=since)
+
+    def get_recording(self, session_id: str) -> Recording:
+        recording = self.store.get_recording(session_id)
+        if recording is None:
+            raise NotFound(
+                f"no recording for session {session_id!r} (see `bastion recordings list`)"
+            )
+        return recording
+
+    def recording_file(self, session_id: str) -> Path:
+        """The file of a recording that can be read; a clear error if it can't."""
+        recording = self.get_recording(session_id)
+        if recording.state is RecordingState.PRUNED:
+            raise NotFound(f"recording of {session_id} was pruned")
+        path = self.home.recordings_dir / recording.path
+        if not path.is_file():
+            raise NotFound(f"recording file of {session_id} is missing: {path}")
+        return path
+
+    def verify_recording(self, session_id: str) -> RecordingCheck:
+        """Recompute the file's SHA-256 and check it against the signed seal in the audit chain."""
+        recording = self.get_recording(session_id)
+        if recording.state is RecordingState.PRUNED:
+            return RecordingCheck(recording, ok=True, detail="pruned by retention")
+        active = self.store.get_session(session_id)
+        if recording.state is RecordingState.RECORDING and active and active.active:
+            return RecordingCheck(recording, ok=True, detail="still recording")
+        seals = [
+            e
+            for e in self.store.audit_events_after(0, ("recording.closed", "recording.recovered"))
+            if e.details.get("session") == session_id
+        ]
+        if not seals:
+            return RecordingCheck(recording, ok=False, detail="no seal in the audit chain")
+        sealed = seals[-1].details
+        path = self.home.recordings_dir / recording.path
+        if not path.exists():
+            return RecordingCheck(recording, ok=False, detail=f"file deleted: {path}")
+        digest, size = seal.file_sha256(path)
+        if digest != sealed.get("sha256"):
+            sealed_size = sealed.get("size")
+            what = "truncated" if isinstance(sealed_size, int) and size < sealed_size else "edited"
+            return RecordingCheck(
+                recording,
+                ok=False,
+                detail=f"{what}: SHA-256 {digest[:16]}… ({size} bytes) does not match the seal"
+                f" {str(sealed.get('sha256'))[:16]}… ({sealed_size} bytes)",
+            )
+        signature = sealed.get("signature")
+        host_key = load_private_key(self.home.host_key, None).public_key()
+        if not isinstance(signature, str) or not seal.signature_valid(
+            host_key, session_id, digest, size, signature
+        ):
+            return RecordingCheck(recording, ok=False, detail="the seal's signature is invalid")
+        return RecordingCheck(recording, ok=True, detail=f"sha256 {digest} ({size} bytes)")
+
+    def prune_recordings(self, older_than: timedelta, dry_run: bool = False) -> list[Recording]:
+        now = self.clock.now()
+        old = self.store.list_recordings(
+            ended_before=now - older_than,
+            states=(RecordingState.CLOSED, RecordingState.CRASHED, RecordingState.FAILED),
+        )
+        if dry_run or not old:
+            return old
+        for recording in old:
+            (self.home.recordings_dir / recording.path).unlink(missing_ok=True)
+        with self.store.transaction() as tx:
+            for recording in old:
+                tx.update_recording(recording.session_id, RecordingState.PRUNED)
+            tx.append_audit(
+                now,
+                self.actor,
+                "recordings.pruned",
+                {
+                    "older_than": format_duration(older_than),
+                    "sessions": [r.session_id for r in old],
+                },
+            )
+        return old
+
     # -- audit ----------------------------------------------------------------
 
     def audit_events(self, since: datetime | None = None) -> list[AuditEvent]:
@@ -572,6 +762,69 @@ def _new_grant_id(taken: Callable[[str], bool]) -> str:
     raise RuntimeError("could not allocate a unique grant id")
 
 
+def _certificate_path(request: GrantRequest) -> Path:
+    """Where the certificate goes; never over the agent's own keys nor over a non-certificate."""
+    if request.pubkey is not None:
+        pub_path = request.pubkey
+        name = pub_path.name
+        key_path = pub_path.with_name(name[: -len(".pub")]) if name.endswith(".pub") else None
+    else:
+        assert request.generate_key_dir is not None
+        key_path = request.generate_key_dir / "id_ed25519"
+        pub_path = key_path.with_name(key_path.name + ".pub")
+    if request.out is None:
+        cert_path = _cert_path_for(pub_path)
+        what = str(cert_path)
+    else:
+        cert_path = request.out
+        what = f"--out {cert_path}"
+        out = _resolved(cert_path)
+        if out == _resolved(pub_path):
+            raise InvalidInput(
+                f"{what} is the agent's public key; the certificate goes in a file of its own"
+                f" (default: {_cert_path_for(pub_path)})"
+            )
+        if key_path is not None and out == _resolved(key_path):
+            raise InvalidInput(
+                f"{what} is the agent's private key; the certificate goes in a file of its own"
+                f" (default: {_cert_path_for(pub_path)})"
+            )
+    try:
+        is_certificate = is_certificate_file(cert_path)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{what}: {exc}") from None
+    if is_certificate is False:
+        raise AlreadyExists(
+            f"{what} exists and is not an OpenSSH certificate; refusing to overwrite it"
+        )
+    return cert_path
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare as given
+        return path.absolute()
+
+
+def _write_certificate_aside(cert_path: Path, data: bytes) -> Path:
+    try:
+        return write_temp_beside(cert_path, data, 0o644)
+    except OSError as exc:
+        raise InvalidInput(f"can't write certificate {cert_path}: {exc.strerror}") from None
+
+
+def _put_certificate_in_place(written: Path, cert_path: Path, grant_id: str) -> None:
+    try:
+        os.replace(written, cert_path)
+    except OSError as exc:
+        # Most unlikely (same folder, just written), and the grant is committed by now.
+        raise InvalidInput(
+            f"grant {grant_id} is recorded but its certificate could not be put at"
+            f" {cert_path} ({exc.strerror}): revoke it with `bastion grant revoke {grant_id}`"
+        ) from None
+
+
 def _cert_path_for(pub_path: Path) -> Path:
     """OpenSSH's convention: `id_ed25519.pub` -> `id_ed25519-cert.pub`."""
     name = pub_path.name
@@ -585,6 +838,11 @@ def _private_key_beside(pub_path: Path) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def _check_host(host: str) -> None:
+    if not host.strip():
+        raise InvalidInput("--host must not be empty")
 
 
 def _read_identity(path: Path) -> TargetSecret:

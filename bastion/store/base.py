@@ -13,6 +13,8 @@ from bastion.models import (
     AuditEvent,
     EndReason,
     Grant,
+    Recording,
+    RecordingState,
     Revocation,
     Session,
     Target,
@@ -55,6 +57,18 @@ class StoreTx(Protocol):
 
     def get_approval(self, approval_id: str) -> Approval | None: ...
 
+    def insert_recording(self, recording: Recording) -> None: ...
+
+    def update_recording(
+        self,
+        session_id: str,
+        state: RecordingState,
+        *,
+        ended_at: datetime | None = None,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None: ...
+
     def insert_approval(self, approval: Approval) -> None: ...
 
     def decide_approval(
@@ -92,6 +106,19 @@ class Store(Protocol):
     def get_approval(self, approval_id: str) -> Approval | None: ...
 
     def list_approvals(self, *, pending_only: bool = True) -> list[Approval]: ...
+
+    def get_recording(self, session_id: str) -> Recording | None: ...
+
+    def list_recordings(
+        self,
+        *,
+        agent: str | None = None,
+        target: str | None = None,
+        task: str | None = None,
+        since: datetime | None = None,
+        states: tuple[RecordingState, ...] | None = None,
+        ended_before: datetime | None = None,
+    ) -> list[Recording]: ...
 
     def schema_version(self) -> int: ...
 

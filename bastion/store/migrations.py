@@ -123,4 +123,28 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append(
+    (
+        3,
+        [
+            """CREATE TABLE recordings (
+                session_id TEXT PRIMARY KEY,
+                path TEXT NOT NULL,
+                node TEXT NOT NULL,
+                agent TEXT NOT NULL,
+                grant_id TEXT NOT NULL,
+                task TEXT NOT NULL,
+                target TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                state TEXT NOT NULL,
+                ended_at TEXT,
+                size BIGINT,
+                sha256 TEXT
+            )""",
+            "CREATE INDEX recordings_started ON recordings (started_at)",
+            "CREATE INDEX recordings_task ON recordings (task)",
+        ],
+    )
+)
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -8,13 +8,16 @@ each other instead of failing. The file is created 0600: it holds target secrets
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from bastion.models import (
     AuditEvent,
     EndReason,
     Grant,
+    Recording,
+    RecordingState,
     Revocation,
     Session,
     SessionKind,
@@ -37,6 +42,37 @@ from bastion.models import (
 from bastion.store.migrations import LATEST_VERSION, MIGRATIONS
 
 _BUSY_TIMEOUT_MS = 10_000
+# The key under which an audit event's details that aren't a JSON object are returned.
+UNREADABLE_DETAILS = "unreadable_details"
+
+
+@contextmanager
+def _setup_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `<path>.lock`, waited for up to the busy timeout."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"can't open state store {path}: {lock_path} is held by another"
+                        " process that is setting the store up"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+        yield  # the lock goes with the descriptor
+    finally:
+        os.close(fd)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _ts(when: datetime) -> str:
@@ -53,22 +89,54 @@ class SqliteStore:
         self._path = path
         self._lock = threading.RLock()
         try:
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            self._migrate()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Creating the file, switching it to WAL and migrating it are serialized between
+            # processes: SQLite's busy timeout does not cover the switch to WAL, so two
+            # processes opening a new file at once would otherwise fail "database is locked".
+            with _setup_lock(path):
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                self._db = sqlite3.connect(
+                    path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=_BUSY_TIMEOUT_MS / 1000,
+                )
+                try:
+                    self._db.row_factory = sqlite3.Row
+                    self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+                    self._enable_wal()
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                    self._db.execute("PRAGMA foreign_keys=ON")
+                    self._migrate()
+                except BaseException:
+                    self._db.close()
+                    raise
         except sqlite3.Error as exc:
             raise StoreError(f"can't open state store {path}: {exc}") from None
         except OSError as exc:
             raise StoreError(f"can't open state store {path}: {exc.strerror}") from None
+
+    def _enable_wal(self) -> None:
+        """`PRAGMA journal_mode=WAL`, retried while another connection holds the file.
+
+        Switching a new file to WAL needs it to itself and does not wait on the busy
+        timeout; another program reading the file at that moment makes it fail at once.
+        """
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+                continue
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"can't open state store {self._path}: it can't use WAL mode ({mode})"
+                )
+            return
 
     # -- schema ---------------------------------------------------------------
 
@@ -211,6 +279,41 @@ class SqliteStore:
         where = " WHERE state = 'pending'" if pending_only else ""
         rows = self._query(f"SELECT * FROM approvals{where} ORDER BY requested_at, id")
         return [_approval(r) for r in rows]
+
+    def get_recording(self, session_id: str) -> Recording | None:
+        rows = self._query("SELECT * FROM recordings WHERE session_id = ?", (session_id,))
+        return _recording(rows[0]) if rows else None
+
+    def list_recordings(
+        self,
+        *,
+        agent: str | None = None,
+        target: str | None = None,
+        task: str | None = None,
+        since: datetime | None = None,
+        states: tuple[RecordingState, ...] | None = None,
+        ended_before: datetime | None = None,
+    ) -> list[Recording]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("agent", agent), ("target", target), ("task", task)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("started_at >= ?")
+            params.append(_ts(since))
+        if ended_before is not None:
+            clauses.append("ended_at IS NOT NULL AND ended_at < ?")
+            params.append(_ts(ended_before))
+        if states:
+            clauses.append(f"state IN ({','.join('?' for _ in states)})")
+            params += [s.value for s in states]
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            f"SELECT * FROM recordings{where} ORDER BY started_at, session_id", tuple(params)
+        )
+        return [_recording(r) for r in rows]
 
 
 class _SqliteTx:
@@ -363,6 +466,39 @@ class _SqliteTx:
         row = self._db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
         return _approval(row) if row else None
 
+    def insert_recording(self, recording: Recording) -> None:
+        self._db.execute(
+            "INSERT INTO recordings (session_id, path, node, agent, grant_id, task, target, kind,"
+            " started_at, state) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                recording.session_id,
+                recording.path,
+                recording.node,
+                recording.agent,
+                recording.grant_id,
+                recording.task,
+                recording.target,
+                recording.kind.value,
+                _ts(recording.started_at),
+                recording.state.value,
+            ),
+        )
+
+    def update_recording(
+        self,
+        session_id: str,
+        state: RecordingState,
+        *,
+        ended_at: datetime | None = None,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        self._db.execute(
+            "UPDATE recordings SET state = ?, ended_at = coalesce(?, ended_at),"
+            " size = coalesce(?, size), sha256 = coalesce(?, sha256) WHERE session_id = ?",
+            (state.value, _ts(ended_at) if ended_at else None, size, sha256, session_id),
+        )
+
     def insert_approval(self, approval: Approval) -> None:
         self._db.execute(
             "INSERT INTO approvals (id, kind, session_id, grant_id, agent, task, target, body,"
@@ -434,6 +570,24 @@ def _approval(row: sqlite3.Row) -> Approval:
     )
 
 
+def _recording(row: sqlite3.Row) -> Recording:
+    return Recording(
+        session_id=row["session_id"],
+        path=row["path"],
+        node=row["node"],
+        agent=row["agent"],
+        grant_id=row["grant_id"],
+        task=row["task"],
+        target=row["target"],
+        kind=SessionKind(row["kind"]),
+        started_at=_dt(row["started_at"]),
+        state=RecordingState(row["state"]),
+        ended_at=_dt(row["ended_at"]) if row["ended_at"] else None,
+        size=row["size"],
+        sha256=row["sha256"],
+    )
+
+
 def _target(row: sqlite3.Row) -> Target:
     return Target(
         name=row["name"],
@@ -491,13 +645,64 @@ def _load_grant(db: sqlite3.Connection, grant_id: str) -> Grant | None:
     )
 
 
+class UnreadableTime(datetime):
+    """A stored event time that is not ISO 8601, kept as the text that was found.
+
+    It hashes and prints as that text, so the audit chain check names the event as
+    edited instead of failing to read it; as a point in time it is the epoch.
+    """
+
+    raw: str
+
+    def __new__(cls, raw: str) -> UnreadableTime:
+        self = super().__new__(cls, 1970, 1, 1, tzinfo=UTC)
+        self.raw = raw
+        return self
+
+    def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+        return self.raw
+
+    def astimezone(self, tz: tzinfo | None = None) -> UnreadableTime:
+        return self
+
+    def strftime(self, format: str) -> str:
+        return f"unreadable time {self.raw!r}"
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"UnreadableTime({self.raw!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (UnreadableTime, (self.raw,))
+
+
 def _audit(row: sqlite3.Row) -> AuditEvent:
+    """One stored event; a field that can't be read comes back as the text that is stored.
+
+    Such an event no longer hashes to its stored hash, so `audit verify` names it
+    rather than crashing on it, and `audit list` still shows it.
+    """
+    raw_details = row["details"]
+    try:
+        details = json.loads(raw_details)
+    except (TypeError, ValueError):
+        details = None
+    if not isinstance(details, dict):
+        details = {UNREADABLE_DETAILS: raw_details}
+    try:
+        at = _dt(row["at"])
+        if at.tzinfo is None:
+            raise ValueError("no time zone")
+    except (TypeError, ValueError):
+        at = UnreadableTime(str(row["at"]))
     return AuditEvent(
         seq=row["seq"],
-        at=_dt(row["at"]),
+        at=at,
         actor=row["actor"],
         action=row["action"],
-        details=json.loads(row["details"]),
+        details=details,
         prev_hash=row["prev_hash"],
         hash=row["hash"],
     )

@@ -28,6 +28,7 @@ from bastion import access
 from bastion.access import Denial, LoginPermit
 from bastion.cmdpolicy import NeedsApproval, classify_command
 from bastion.models import ApprovalState, EndReason, SessionKind
+from bastion.recording.writer import Recorder
 from bastion.transport import certs, upstream
 from bastion.transport.relay import ForwardRelay, SessionRelay
 
@@ -221,6 +222,65 @@ class GatewayConnection(asyncssh.SSHServer):
         except Exception:
             log.exception("could not record the end of session %s", relay.record.id)
 
+    # -- recordings -------------------------------------------------------------
+
+    @property
+    def recording_mandatory(self) -> bool:
+        assert self.permit is not None
+        policy = self.gateway.config.target_policy(self.permit.target.name)
+        return policy.recording != "best-effort"
+
+    def start_recording(self, relay: SessionRelay) -> Recorder:
+        session = relay.record
+        term_type, term_size = None, None
+        if relay.pty is not None:
+            term_type, size = relay.pty[0], relay.pty[1]
+            term_size = [size[0], size[1]]
+        header: dict[str, object] = {
+            "session": session.id,
+            "agent": session.agent,
+            "grant": session.grant_id,
+            "task": session.task,
+            "target": session.target,
+            "client": session.client,
+            "kind": session.kind.value,
+            "command": session.command,
+            "term_type": term_type,
+            "term_size": term_size,
+            "pty": relay.pty is not None,
+            "started_at": session.started_at.isoformat(),
+        }
+        recorder = self.gate.start_recording(session, header)
+        self.gateway.recorders.add(relay)
+        return recorder
+
+    def finish_recording(
+        self,
+        relay: SessionRelay,
+        recorder: Recorder,
+        *,
+        reason: EndReason | None = None,
+        exit_status: int | None = None,
+        detail: str = "",
+    ) -> None:
+        self.gateway.recorders.discard(relay)
+        end = {
+            "ended_at": self.gate.now().isoformat(),
+            "end_reason": reason.value if reason else EndReason.RECORDING_FAILED.value,
+            "exit_status": exit_status,
+            "detail": detail,
+        }
+        try:
+            self.gate.finish_recording(relay.record, recorder, end)
+        except Exception:
+            log.exception("could not seal the recording of session %s", relay.record.id)
+
+    def recording_lost(self, relay: SessionRelay, reason: str, *, ended_session: bool) -> None:
+        try:
+            self.gate.recording_lost(relay.record, reason, ended_session)
+        except Exception:
+            log.exception("could not audit the recording failure of %s", relay.record.id)
+
     async def gate_session(
         self, relay: SessionRelay, kind: SessionKind, command: str | None
     ) -> bool:
@@ -239,12 +299,14 @@ class GatewayConnection(asyncssh.SSHServer):
             return True
         timeout = config.approvals.timeout
         approval = self.gate.request_approval(relay.record, kind.value, text, reasons, timeout)
+        relay.to_recording("marker", f"approval requested {approval.id}")
         minutes = int(timeout.total_seconds() // 60)
         wait = f"{minutes}m" if minutes else f"{int(timeout.total_seconds())}s"
         relay.notify(
             f"[bastion] approval required (request {approval.id}): {text} - waiting up to {wait}"
         )
         decided = await self.gateway.wait_for_decision(approval, timeout)
+        relay.to_recording("marker", f"approval {decided.state.value} {approval.id}")
         if decided.state is ApprovalState.APPROVED:
             relay.notify(f"[bastion] approved by {decided.decided_by} (request {approval.id})")
             return True

@@ -18,8 +18,10 @@ import asyncssh
 from bastion.config import Config
 from bastion.gatekeeper import Gatekeeper
 from bastion.models import Approval, ApprovalState, EndReason
+from bastion.recording.writer import RecordingFailed
 from bastion.transport import asyncssh_fixes
 from bastion.transport.connection import GatewayConnection
+from bastion.transport.relay import SessionRelay
 
 log = logging.getLogger("bastion.gateway")
 
@@ -28,6 +30,7 @@ log = logging.getLogger("bastion.gateway")
 # AES-GCM (which every OpenSSH since 6.2 supports) makes clients use it.
 LISTEN_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 POLL_INTERVAL = 0.2
+FLUSH_INTERVAL = 0.5
 
 
 class Gateway:
@@ -46,6 +49,8 @@ class Gateway:
         self.host_key_path = host_key_path
         self.close_grace = close_grace
         self.connections: set[GatewayConnection] = set()
+        self.recorders: set[SessionRelay] = set()
+        self._flusher: asyncio.Task[None] | None = None
         self._waiters: dict[str, asyncio.Future[Approval]] = {}
         self._server: Any = None
         self._watcher: asyncio.Task[None] | None = None
@@ -78,6 +83,7 @@ class Gateway:
         )
         self._cursor = self.gate.last_change()
         self._watcher = asyncio.ensure_future(self._watch())
+        self._flusher = asyncio.ensure_future(self._flush_recordings())
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
 
@@ -98,6 +104,22 @@ class Gateway:
         for conn in list(self.connections):
             with contextlib.suppress(Exception):
                 conn.conn.abort()
+        if self._flusher is not None:
+            self._flusher.cancel()
+
+    async def _flush_recordings(self) -> None:
+        """Write buffered recording frames at least every half second (crash durability)."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            for relay in list(self.recorders):
+                recorder = relay.recorder
+                if recorder is None:
+                    self.recorders.discard(relay)
+                    continue
+                try:
+                    recorder.flush()
+                except RecordingFailed as exc:
+                    relay.recording_failed(str(exc))
 
     # -- approvals ---------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from bastion.models import EndReason, SessionKind
+from bastion.recording.writer import Recorder, RecordingFailed
 
 if TYPE_CHECKING:
     from bastion.transport.connection import GatewayConnection
@@ -45,6 +46,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         self._lost = False
         self.bytes_up = 0
         self.bytes_down = 0
+        self.recorder: Recorder | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- requests from the agent ----------------------------------------------
@@ -76,6 +78,14 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         if self.conn.closing:
             return False
         self.record = self.conn.open_record(kind, command)
+        try:
+            self.recorder = self.conn.start_recording(self)
+        except RecordingFailed as exc:
+            if self.conn.recording_mandatory:
+                # Never a session running unrecorded: refuse it, saying why.
+                self.fail(EndReason.RECORDING_FAILED, f"{exc} - session refused")
+                return True
+            self.conn.recording_lost(self, str(exc), ended_session=False)
         # Pausing here would be undone by asyncssh right after this returns.
         asyncio.get_running_loop().call_soon(self._pause_until_upstream)
         self._task = asyncio.ensure_future(self._run(kind, command, subsystem))
@@ -134,8 +144,30 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             up.write_eof()
         self.chan.resume_reading()
 
+    def to_recording(self, method: str, *args: Any) -> None:
+        """Append to the recording; a failed write ends the session unless best-effort."""
+        if self.recorder is None:
+            return
+        try:
+            getattr(self.recorder, method)(*args)
+        except RecordingFailed as exc:
+            self.recording_failed(str(exc))
+
+    def recording_failed(self, reason: str) -> None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.abandon()
+            self.conn.finish_recording(self, recorder)
+        if self.conn.recording_mandatory:
+            self.conn.recording_lost(self, reason, ended_session=True)
+            self.fail(EndReason.RECORDING_FAILED, f"{reason} - session closed")
+        else:
+            self.conn.recording_lost(self, reason, ended_session=False)
+
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.bytes_up += len(data)
+        if self.recorder is not None:
+            self.to_recording("input", data)
         if self.up is not None:
             self.up.write(data, datatype)
             return
@@ -160,6 +192,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             self.up.resume_reading()
 
     def terminal_size_changed(self, width: int, height: int, pixw: int, pixh: int) -> None:
+        self.to_recording("resize", width, height)
         if self.up is not None:
             self.up.change_terminal_size(width, height, pixw, pixh)
         elif self.pty is not None:
@@ -212,6 +245,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             return
         nl = "\r\n" if self.pty is not None else "\n"
         lead = nl if new_line else ""
+        self.to_recording("marker", message)
         with contextlib.suppress(OSError, asyncssh.Error):
             self.chan.write(f"{lead}{message}{nl}".encode(), STDERR)
 
@@ -239,6 +273,11 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             self._ended = True
             return
         self._ended = True
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            self.conn.finish_recording(
+                self, recorder, reason=reason, exit_status=exit_status, detail=detail
+            )
         self.conn.close_record(self, reason, exit_status, detail)
 
 
@@ -249,7 +288,10 @@ class _UpstreamHalf(asyncssh.SSHClientSession[bytes]):
         self.signal: tuple[Any, ...] | None = None
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
-        self.down.bytes_down += len(data)
+        down = self.down
+        down.bytes_down += len(data)
+        if down.recorder is not None:
+            down.to_recording("output", data, datatype == STDERR)
         with contextlib.suppress(OSError, asyncssh.Error):
             self.down.chan.write(data, datatype)
 

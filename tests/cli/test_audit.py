@@ -166,12 +166,6 @@ def test_rehashed_edit_breaks_the_next_link(home: Path, history: list[str]) -> N
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: store/sqlite.py _audit() json.loads the stored details (and fromisoformat"
-    " the time) unguarded, so `audit verify` crashes with a traceback on a row that is not"
-    " valid JSON instead of naming the broken event",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("column", "value"), [("details", '{"name": "prod-db"'), ("at", "last tuesday")]
 )

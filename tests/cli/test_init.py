@@ -320,11 +320,6 @@ def stray_host_pub(tmp_home: Path, tmp_path: Path) -> Path:
     return stray
 
 
-@pytest.mark.xfail(
-    reason="BUG: service.initialize creates keys/ca and keys/ca.pub before it finds that"
-    " keys/host_ed25519.pub is in the way, and leaves them behind when it fails",
-    strict=True,
-)
 def test_failed_init_leaves_keys_as_they_were(tmp_home: Path, stray_host_pub: Path) -> None:
     before = snapshot_files(tmp_home)
 
@@ -333,11 +328,6 @@ def test_failed_init_leaves_keys_as_they_were(tmp_home: Path, stray_host_pub: Pa
     assert snapshot_files(tmp_home) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: after an init that failed half-way, the next init 'keeps' the CA it left"
-    " and never records ca.initialized: the CA's creation is missing from the audit trail",
-    strict=True,
-)
 def test_ca_creation_is_audited_after_a_failed_init(tmp_home: Path, stray_host_pub: Path) -> None:
     run(tmp_home, "init")
     stray_host_pub.unlink()

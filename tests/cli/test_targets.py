@@ -207,11 +207,6 @@ def test_bad_ssh_target(
     assert snapshot(home) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: service.add_ssh_target/add_postgres_target accept an empty --host and"
-    " store a target nobody can reach",
-    strict=True,
-)
 @pytest.mark.parametrize("kind", ["ssh", "postgres"])
 def test_empty_host_is_refused(home: Path, keys: Path, password_file: Path, kind: str) -> None:
     if kind == "ssh":

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "bastion"
 LAYERS: list[set[str]] = [
     {"errors", "clock", "models", "timespec", "render"},
     {"auditchain", "cmdpolicy", "config", "policy", "access", "keyfiles"},
-    {"ca", "store"},
+    {"ca", "store", "recording"},
     {"service"},
     {"gatekeeper"},
     {"transport"},

@@ -329,12 +329,6 @@ def test_concurrent_writers_keep_the_chain_valid(db_path: Path) -> None:
         assert mine == list(range(per_thread))
 
 
-@pytest.mark.xfail(
-    reason="BUG: opening a new state file from two processes at once fails: the"
-    " exists()-then-O_EXCL create raises 'File exists', and PRAGMA journal_mode=WAL on a"
-    " fresh file returns SQLITE_BUSY at once ('database is locked') without waiting",
-    strict=True,
-)
 def test_concurrent_first_open_of_a_new_file(tmp_path: Path) -> None:
     errors: list[str] = []
     for round_ in range(100):
