@@ -124,7 +124,7 @@ class TargetPolicy:
     commands: tuple[CommandRule, ...] | None = None
     shell_requires_approval: bool = False
     # "mandatory": a session that can't be recorded doesn't run; "best-effort": it runs,
-    # and every loss of recording is an audit event.
+    # and every loss of recording is an audit event; "off": not recorded (audited).
     recording: str = "mandatory"
 
 
@@ -236,9 +236,10 @@ def _parse_table(
 
 def _check_consistency(config: Config, source: Path) -> None:
     for name, policy in config.targets.items():
-        if policy.recording not in ("mandatory", "best-effort"):
+        if policy.recording not in ("mandatory", "best-effort", "off"):
             raise ConfigError(
-                f'\'targets.{name}.recording\' in {source} must be "mandatory" or "best-effort"'
+                f"'targets.{name}.recording' in {source} must be"
+                ' "mandatory", "best-effort" or "off"'
             )
     grants = config.grants
     if grants.min_ttl < timedelta(seconds=1):

@@ -254,6 +254,15 @@ class Gatekeeper:
             state = RecordingState.FAILED
         self._seal(session.id, state, "recording.closed")
 
+    def recording_off(self, session: Session) -> None:
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(),
+                "gateway",
+                "recording.off",
+                {"session": session.id, "target": session.target, "reason": "target policy"},
+            )
+
     def recording_lost(self, session: Session, reason: str, ended_session: bool) -> None:
         with self.store.transaction() as tx:
             tx.append_audit(

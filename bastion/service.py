@@ -456,10 +456,11 @@ class Bastion:
                         cert_path, f"{cert_line} {agent}@{grant_id}\n".encode()
                     )
                 _put_certificate_in_place(written, cert_path, grant_id)
+                written = None
             finally:
-                if written is not None:
+                if written is not None:  # the transaction failed: no certificate
                     with contextlib.suppress(FileNotFoundError):
-                        written.unlink()  # the transaction failed: no certificate
+                        written.unlink()
         return IssuedGrant(
             grant=grant,
             certificate_path=cert_path,

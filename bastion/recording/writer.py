@@ -36,6 +36,10 @@ class RecordingFailed(Exception):
     """The recording can't be created or written; the message says why."""
 
 
+class RecordingOff(Exception):
+    """The target's policy says its sessions are not recorded (`recording = "off"`)."""
+
+
 class Recorder:
     def __init__(
         self,

@@ -28,7 +28,7 @@ from bastion import access
 from bastion.access import Denial, LoginPermit
 from bastion.cmdpolicy import NeedsApproval, classify_command
 from bastion.models import ApprovalState, EndReason, SessionKind
-from bastion.recording.writer import Recorder
+from bastion.recording.writer import Recorder, RecordingOff
 from bastion.transport import certs, upstream
 from bastion.transport.relay import ForwardRelay, SessionRelay
 
@@ -225,13 +225,19 @@ class GatewayConnection(asyncssh.SSHServer):
     # -- recordings -------------------------------------------------------------
 
     @property
-    def recording_mandatory(self) -> bool:
+    def recording_mode(self) -> str:
         assert self.permit is not None
-        policy = self.gateway.config.target_policy(self.permit.target.name)
-        return policy.recording != "best-effort"
+        return self.gateway.config.target_policy(self.permit.target.name).recording
+
+    @property
+    def recording_mandatory(self) -> bool:
+        return self.recording_mode == "mandatory"
 
     def start_recording(self, relay: SessionRelay) -> Recorder:
         session = relay.record
+        if self.recording_mode == "off":
+            self.gate.recording_off(session)
+            raise RecordingOff(session.id)
         term_type, term_size = None, None
         if relay.pty is not None:
             term_type, size = relay.pty[0], relay.pty[1]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from bastion.models import EndReason, SessionKind
-from bastion.recording.writer import Recorder, RecordingFailed
+from bastion.recording.writer import Recorder, RecordingFailed, RecordingOff
 
 if TYPE_CHECKING:
     from bastion.transport.connection import GatewayConnection
@@ -80,6 +80,8 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         self.record = self.conn.open_record(kind, command)
         try:
             self.recorder = self.conn.start_recording(self)
+        except RecordingOff:
+            pass
         except RecordingFailed as exc:
             if self.conn.recording_mandatory:
                 # Never a session running unrecorded: refuse it, saying why.

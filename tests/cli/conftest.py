@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 from bastion.cli import cli
 
 # Exit codes of the error classes in bastion.errors, as users see them.
-INVALID_INPUT, NOT_FOUND, ALREADY_EXISTS, KEY_MATERIAL, CONFIG = 2, 3, 4, 5, 6
+INVALID_INPUT, NOT_FOUND, ALREADY_EXISTS, KEY_MATERIAL, CONFIG, STORE = 2, 3, 4, 5, 6, 7
 
 
 @pytest.fixture(autouse=True)

@@ -173,3 +173,23 @@ def test_unreadable_event_is_named(home: Path, history: list[str], column: str, 
     tamper(home, f"UPDATE audit_events SET {column} = ? WHERE seq = 2", value)
     line = assert_error(run(home, "audit", "verify"), VERIFICATION_FAILED, "event 2 ")
     assert line.startswith("bastion: error: audit chain broken at event 2 ")
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("details", '{"name": "prod-db"'), ("at", "last tuesday")]
+)
+def test_unreadable_event_is_listed_as_stored(
+    home: Path, history: list[str], column: str, value: str
+) -> None:
+    tamper(home, f"UPDATE audit_events SET {column} = ? WHERE seq = 2", value)
+
+    lines = ok(home, "audit", "list").stdout.splitlines()
+    events = ok_json(home, "audit", "list")
+
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
+    assert [e["action"] for e in events] == history
+    if column == "details":
+        assert events[1]["details"] == {"unreadable_details": value}
+    else:
+        assert events[1]["at"] == value
+        assert f"unreadable time {value!r}" in lines[2]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import re
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,13 +16,16 @@ import pytest
 
 from bastion.clock import FixedClock
 from bastion.config import open_home
+from bastion.errors import StoreError
 from bastion.models import Grant
 from bastion.service import Bastion, GrantRequest
+from bastion.store.sqlite import SqliteStore
 from tests.cli.conftest import (
     ALREADY_EXISTS,
     CONFIG,
     INVALID_INPUT,
     NOT_FOUND,
+    STORE,
     assert_error,
     audit_events,
     cert,
@@ -207,6 +213,78 @@ def test_out_writes_the_certificate_there(home: Path, web: str, agent_key: Path)
     assert not cert(agent_key).exists()
 
 
+def test_a_certificate_is_replaced_by_the_next_one(home: Path, web: str, agent_key: Path) -> None:
+    first = issue(home, **{"--pubkey": pub(agent_key)})
+    second = issue(home, **{"--pubkey": pub(agent_key), "--task": "task-2"})
+    out = agent_key.parent / "elsewhere.cert"
+    issue(home, **{"--pubkey": pub(agent_key), "--out": out})
+    third = issue(home, **{"--pubkey": pub(agent_key), "--out": out, "--task": "task-3"})
+
+    assert f"grant={second['id']} " in ssh_keygen_l(cert(agent_key))
+    assert first["id"] not in cert(agent_key).read_text()
+    assert f"grant={third['id']} " in ssh_keygen_l(out)
+    assert sorted(p.name for p in agent_key.parent.iterdir()) == [
+        "elsewhere.cert",
+        "id_ed25519",
+        "id_ed25519-cert.pub",
+        "id_ed25519.pub",
+    ]
+
+
+def ssh_keygen_l(path: Path) -> str:
+    return subprocess.run(
+        ["ssh-keygen", "-L", "-f", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_commit_leaves_no_certificate(
+    home: Path, web: str, agent_key: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    if existing:
+        issue(home, **{"--pubkey": pub(agent_key)})  # the cert of an earlier grant stays
+    before = snapshot(home, agent_key.parent)
+    monkeypatch.setattr(SqliteStore, "transaction", failing_transaction())
+
+    result = run(home, *issue_args(**{"--pubkey": pub(agent_key), "--task": "t-2"}))
+
+    assert_error(result, STORE, f"can't commit to state store {home / 'state.db'}")
+    assert snapshot(home, agent_key.parent) == before  # no grant, no certificate, no temp file
+
+
+def test_a_failed_commit_removes_a_generated_key(
+    home: Path, web: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_dir = tmp_path / "agent"
+    key_dir.mkdir()
+    before = snapshot(home, key_dir)
+    monkeypatch.setattr(SqliteStore, "transaction", failing_transaction())
+
+    result = run(home, *issue_args(**{"--generate-key": key_dir}))
+
+    assert_error(result, STORE, "can't commit to state store")
+    assert snapshot(home, key_dir) == before
+
+
+def failing_transaction() -> Callable[[SqliteStore], AbstractContextManager[Any]]:
+    """A `SqliteStore.transaction` that does the work, then fails to commit (rolls back)."""
+    original = SqliteStore.transaction
+
+    class _Abort(Exception):
+        pass
+
+    @contextlib.contextmanager
+    def transaction(self: SqliteStore) -> Iterator[Any]:
+        try:
+            with original(self) as tx:
+                yield tx
+                raise _Abort  # rolls back, as a failed COMMIT does
+        except _Abort:
+            raise StoreError(f"can't commit to state store {self._path}: disk I/O error") from None
+
+    return transaction
+
+
 def test_pubkey_alone_gives_no_private_key_path(home: Path, web: str, tmp_path: Path) -> None:
     key = make_key(tmp_path / "k")
     lone = tmp_path / "lone.pub"
@@ -372,6 +450,25 @@ BAD_ISSUES = [
     ("generate-key-out-unwritable", {"--pubkey": None, "--generate-key": "{tmp}/made",
                                      "--out": "{tmp}/no/such/dir/cert.pub"}, None, INVALID_INPUT,
      "can't write certificate"),
+    ("out-is-the-pubkey", {"--out": "{pub}"}, None, INVALID_INPUT,
+     "--out {pub} is the agent's public key"),
+    ("out-is-the-private-key", {"--out": "{key}"}, None, INVALID_INPUT,
+     "--out {key} is the agent's private key"),
+    ("out-is-the-pubkey-spelled-otherwise", {"--out": "{tmp}/agent/../agent/id_ed25519.pub"}, None,
+     INVALID_INPUT, "is the agent's public key"),
+    ("out-is-a-link-to-the-key", {"--out": "{link}"}, None, INVALID_INPUT,
+     "--out {link} is the agent's private key"),
+    ("out-is-the-generated-key", {"--pubkey": None, "--generate-key": "{tmp}/gen",
+                                  "--out": "{tmp}/gen/id_ed25519"}, None, INVALID_INPUT,
+     "--out {tmp}/gen/id_ed25519 is the agent's private key"),
+    ("out-is-not-a-certificate", {"--out": "{garbage}"}, None, ALREADY_EXISTS,
+     "--out {garbage} exists and is not an OpenSSH certificate; refusing to overwrite it"),
+    ("out-is-empty", {"--out": "{empty}"}, None, ALREADY_EXISTS,
+     "--out {empty} exists and is not an OpenSSH certificate"),
+    ("out-is-the-ca-key", {"--out": "{home}/keys/ca"}, None, ALREADY_EXISTS,
+     "--out {home}/keys/ca exists and is not an OpenSSH certificate"),
+    ("cert-path-is-not-a-certificate", {"--pubkey": "{notcert}.pub"}, None, ALREADY_EXISTS,
+     "{notcert}-cert.pub exists and is not an OpenSSH certificate"),
     ("broken-toml", {}, "[grants\nmax_ttl = '8h'", CONFIG, "{home}/bastion.toml is not valid TOML"),
     ("unknown-toml-key", {}, "[grants]\nmax_tll = '8h'", CONFIG,
      "unknown key 'grants.max_tll' in {home}/bastion.toml"),
@@ -407,10 +504,16 @@ def test_bad_issue_writes_nothing(
         capture_output=True,
     )
     (tmp_path / "made").mkdir()
+    (tmp_path / "link").symlink_to(agent_key)
+    notcert = make_key(tmp_path / "notcert")
+    notcert.with_name("id_ed25519-cert.pub").write_text("my notes, not a certificate\n")
     names = {
         "garbage": files / "garbage.pub",
         "empty": files / "empty.pub",
         "key": agent_key,
+        "pub": pub(agent_key),
+        "link": tmp_path / "link",
+        "notcert": notcert,
         "other_cert": cert(other),
         "tmp": tmp_path,
         "home": home,

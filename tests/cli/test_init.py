@@ -335,3 +335,81 @@ def test_ca_creation_is_audited_after_a_failed_init(tmp_home: Path, stray_host_p
     ok(tmp_home, "init")
 
     assert [e["action"] for e in audit_events(tmp_home)] == ["ca.initialized"]
+
+
+def test_public_ca_key_without_the_ca_is_refused(tmp_home: Path, tmp_path: Path) -> None:
+    (tmp_home / "keys").mkdir(mode=0o700)
+    stray = tmp_home / "keys/ca.pub"
+    stray.write_text(pub(make_key(tmp_path / "other")).read_text())
+    before = snapshot_files(tmp_home)
+
+    line = assert_error(run(tmp_home, "init"), 4, f"{stray} already exists")
+
+    assert f"but {tmp_home / 'keys/ca'} does not" in line
+    assert snapshot_files(tmp_home) == before
+
+
+@pytest.mark.parametrize("name", ["ca.pub", "host_ed25519.pub"])
+def test_public_key_that_does_not_match_its_key(tmp_home: Path, tmp_path: Path, name: str) -> None:
+    ok(tmp_home, "init")
+    wrong = tmp_home / "keys" / name
+    wrong.write_text(pub(make_key(tmp_path / "other")).read_text())
+    before = snapshot(tmp_home)
+
+    line = assert_error(run(tmp_home, "init"), KEY_MATERIAL, f"{wrong} does not match")
+
+    assert line.startswith(f"bastion: error: {wrong} does not match {wrong.with_suffix('')}")
+    assert snapshot(tmp_home) == before
+
+
+@pytest.mark.parametrize("name", ["ca.pub", "host_ed25519.pub"])
+def test_public_key_file_that_is_not_a_key(tmp_home: Path, name: str) -> None:
+    ok(tmp_home, "init")
+    broken = tmp_home / "keys" / name
+    broken.write_text("ssh-ed25519 not-base64\n")
+    before = snapshot(tmp_home)
+
+    assert_error(run(tmp_home, "init"), KEY_MATERIAL, f"{broken}: not an OpenSSH public key")
+
+    assert snapshot(tmp_home) == before
+
+
+def test_a_failure_after_creating_keys_removes_them(tmp_home: Path) -> None:
+    # The store comes last; when it can't be created, the keys made before it go again.
+    (tmp_home / "bastion.toml").write_text('[store]\npath = "bastion.toml/state.db"\n')
+    before = snapshot_files(tmp_home)
+
+    assert_error(run(tmp_home, "init"), 7, "can't open state store")
+
+    assert snapshot_files(tmp_home) == before
+
+
+def test_a_ca_brought_along_is_audited_once(tmp_home: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "old-home"
+    ok(elsewhere, "init")
+    (tmp_home / "keys").mkdir(mode=0o700)
+    for name in ("ca", "ca.pub", "host_ed25519", "host_ed25519.pub"):
+        source = elsewhere / "keys" / name
+        (tmp_home / "keys" / name).write_bytes(source.read_bytes())
+        (tmp_home / "keys" / name).chmod(mode(source))
+
+    result = ok(tmp_home, "init")
+    ok(tmp_home, "init")
+
+    assert "  kept    keys/ca\n" in result.stdout
+    [event] = audit_events(tmp_home)
+    assert event["action"] == "ca.initialized"
+    assert (
+        event["details"]["ca_fingerprint"]
+        == audit_events(elsewhere)[0]["details"]["ca_fingerprint"]
+    )
+
+
+def test_unknown_key_in_a_target_policy(tmp_home: Path) -> None:
+    config = tmp_home / "bastion.toml"
+    config.write_text('[targets.prod-web]\n__doc__ = "x"\n')
+
+    line = assert_error(run(tmp_home, "init"), CONFIG, "'targets.prod-web.__doc__'")
+
+    assert line == f"bastion: error: unknown key 'targets.prod-web.__doc__' in {config}"
+    assert sorted(p.name for p in tmp_home.iterdir()) == ["bastion.toml"]

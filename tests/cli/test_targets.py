@@ -207,17 +207,21 @@ def test_bad_ssh_target(
     assert snapshot(home) == before
 
 
+@pytest.mark.parametrize("host", ["", "  "])
 @pytest.mark.parametrize("kind", ["ssh", "postgres"])
-def test_empty_host_is_refused(home: Path, keys: Path, password_file: Path, kind: str) -> None:
+def test_empty_host_is_refused(
+    home: Path, keys: Path, password_file: Path, kind: str, host: str
+) -> None:
     if kind == "ssh":
-        args = add_ssh(home, keys, **{"--host": ""})
+        args = add_ssh(home, keys, **{"--host": host})
     else:
-        args = add_pg(home, **{"--host": "", "--password-file": str(password_file)})
+        args = add_pg(home, **{"--host": host, "--password-file": str(password_file)})
     before = snapshot(home)
 
     result = run(home, *args)
 
-    assert_error(result, INVALID_INPUT, "--host")
+    line = assert_error(result, INVALID_INPUT, "--host")
+    assert line == "bastion: error: --host must not be empty"
     assert snapshot(home) == before
 
 

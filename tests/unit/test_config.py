@@ -13,6 +13,7 @@ from bastion.config import (
     Config,
     ConfigError,
     GrantsConfig,
+    TargetPolicy,
     load_config,
     open_home,
     resolve_home,
@@ -87,6 +88,10 @@ def test_advertise_defaults_to_listen(tmp_path: Path) -> None:
         ("[storage]\npath = 'x'\n", "storage"),
         ("listen = '127.0.0.1:22'\n", "listen"),
         ("[grants.extra]\nx = 1\n", "grants.extra"),
+        ("[targets.x]\n__doc__ = 1\n", "targets.x.__doc__"),
+        ("[targets.x]\n__doc__ = 'x'\n", "targets.x.__doc__"),
+        ("[targets.x]\n__init__ = 'x'\n", "targets.x.__init__"),
+        ("[targets.x]\ncommand = ['dd']\n", "targets.x.command"),
     ],
 )
 def test_unknown_key_names_key_and_file(tmp_path: Path, text: str, key: str) -> None:
@@ -182,3 +187,33 @@ def test_home_paths_follow_config(tmp_path: Path) -> None:
     assert home.ca_key == tmp_path / "keys" / "ca"
     assert home.ca_pub == tmp_path / "keys" / "ca.pub"
     assert home.host_key == tmp_path / "keys" / "host_ed25519"
+
+
+def test_target_policies_are_read(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        '[targets.prod-web]\ncommands = ["dd"]\nshell_requires_approval = true\n'
+        "[targets.prod-db]\n",
+    )
+    config = load_config(tmp_path)
+    web = config.target_policy("prod-web")
+    assert web.shell_requires_approval is True
+    assert [rule.text for rule in config.command_rules("prod-web")] == ["dd"]
+    assert config.target_policy("prod-db") == TargetPolicy()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "why"),
+    [
+        ("[targets.x]\nshell_requires_approval = 'yes'\n", "targets.x.shell_requires_approval",
+         "must be of type bool, got str"),
+        ("[targets.x]\ncommands = 'dd'\n", "targets.x.commands", "must be a list of command rules"),
+        ("[targets]\nx = 1\n", "targets.x", "must be a table"),
+    ],
+)  # fmt: skip
+def test_ill_typed_target_policy_names_key_and_file(
+    tmp_path: Path, text: str, key: str, why: str
+) -> None:
+    message = config_error(tmp_path, text)
+    assert f"'{key}' in {tmp_path / 'bastion.toml'}" in message
+    assert why in message

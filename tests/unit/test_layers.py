@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "bastion"
 # Lower layers first. A module may import from its own layer or any layer below it.
 LAYERS: list[set[str]] = [
     {"errors", "clock", "models", "timespec", "render"},
-    {"auditchain", "cmdpolicy", "config", "policy", "access", "keyfiles"},
+    {"auditchain", "cmdpolicy", "sqlclass", "pgwire", "config", "policy", "access", "keyfiles"},
     {"ca", "store", "recording"},
     {"service"},
     {"gatekeeper"},

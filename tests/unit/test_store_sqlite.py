@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
 import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bastion.auditchain import GENESIS_HASH, first_broken
+from bastion.auditchain import GENESIS_HASH, event_hash, first_broken
 from bastion.errors import StoreError
 from bastion.models import Grant, Revocation, SslMode, Target, TargetKind, TargetSecret
 from bastion.store.migrations import LATEST_VERSION, MIGRATIONS
-from bastion.store.sqlite import SqliteStore
+from bastion.store.sqlite import UNREADABLE_DETAILS, SqliteStore, UnreadableTime
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -350,3 +354,128 @@ def test_concurrent_first_open_of_a_new_file(tmp_path: Path) -> None:
         if errors:
             break
     assert errors == []
+
+
+def _open_and_record(path: str, start: Any, results: Any) -> None:
+    """In a child process: open a (maybe new) store at the barrier, append one event."""
+    start.wait()
+    try:
+        store = SqliteStore(Path(path))
+        try:
+            with store.transaction() as tx:
+                tx.append_audit(NOW, f"pid-{os.getpid()}", "opened", {})
+        finally:
+            store.close()
+    except StoreError as exc:
+        results.put(str(exc))
+    else:
+        results.put("ok")
+
+
+def test_concurrent_first_open_from_processes(tmp_path: Path) -> None:
+    # The bug as users met it: `bastion serve` and a CLI command creating the state at once.
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        path = tmp_path / f"state-{round_}.db"
+        start = context.Barrier(4)
+        results = context.Queue()
+        procs = [
+            context.Process(target=_open_and_record, args=(str(path), start, results))
+            for _ in range(4)
+        ]
+        for proc in procs:
+            proc.start()
+        outcomes = [results.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=30)
+        assert outcomes == ["ok"] * 4
+        reader = SqliteStore(path)
+        try:
+            events = list(reader.audit_events())
+            assert reader.schema_version() == LATEST_VERSION
+        finally:
+            reader.close()
+        assert [e.seq for e in events] == [1, 2, 3, 4]
+        assert first_broken(events) is None
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_an_existing_empty_file_becomes_a_store(db_path: Path) -> None:
+    # What a process that lost the race to create the file finds: an empty file.
+    db_path.touch(mode=0o600)
+    store = SqliteStore(db_path)
+    try:
+        assert store.schema_version() == LATEST_VERSION
+    finally:
+        store.close()
+
+
+def test_setup_waits_for_a_reader_of_a_new_file(db_path: Path) -> None:
+    # Another program reading the new file holds it while the store switches it to WAL.
+    db_path.touch(mode=0o600)
+    reader = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    timer = threading.Timer(0.3, lambda: reader.execute("COMMIT"))
+    timer.start()
+    try:
+        store = SqliteStore(db_path)
+        store.close()
+    finally:
+        timer.join()
+        reader.close()
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# -- unreadable audit rows -------------------------------------------------------
+
+
+def _tamper(path: Path, sql: str, *params: object) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute(sql, params)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("details", '{"name": "prod-db"'),  # cut short
+        ("details", "[1, 2]"),  # JSON, but not an object
+        ("at", "last tuesday"),
+        ("at", "2026-11-28T12:00:00"),  # no time zone
+    ],
+)
+def test_an_unreadable_event_is_returned_and_breaks_the_chain(
+    store: SqliteStore, db_path: Path, column: str, value: str
+) -> None:
+    for i in range(3):
+        with store.transaction() as tx:
+            tx.append_audit(NOW, "alice", "target.added", {"name": f"t{i}"})
+    _tamper(db_path, f"UPDATE audit_events SET {column} = ? WHERE seq = 2", value)
+
+    events = list(store.audit_events())
+    assert [e.seq for e in events] == [1, 2, 3]
+    broken = first_broken(events)
+    assert broken is not None
+    assert broken[0].seq == 2
+    assert "does not match its hash" in broken[1]
+    # The stored text is what is shown, and the event still renders as a dict.
+    shown = events[1].to_dict()
+    if column == "details":
+        assert shown["details"] == {UNREADABLE_DETAILS: value}
+    else:
+        assert shown["at"] == value
+        assert isinstance(events[1].at, UnreadableTime)
+    assert json.loads(json.dumps(shown)) == shown
+    assert store.audit_events_after(0, ("target.added",))[1].seq == 2
+
+
+def test_unreadable_time_hashes_as_its_text() -> None:
+    at = UnreadableTime("last tuesday")
+    assert at.isoformat() == "last tuesday"
+    assert str(at) == "last tuesday"
+    assert at.astimezone(UTC) is at
+    assert "last tuesday" in at.strftime("%Y")
+    assert event_hash(1, at, "a", "b", {}, GENESIS_HASH) != event_hash(
+        1, NOW, "a", "b", {}, GENESIS_HASH
+    )
