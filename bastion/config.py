@@ -18,6 +18,9 @@ from typing import Any
 
 from bastion.cmdpolicy import DEFAULT_RULES, CommandRule, parse_rule
 from bastion.errors import ConfigError, InvalidInput
+from bastion.sqlclass import DEFAULT_RULES as DEFAULT_STATEMENT_RULES
+from bastion.sqlclass import StatementRule
+from bastion.sqlclass import parse_rule as parse_statement_rule
 from bastion.timespec import parse_duration
 
 CONFIG_NAME = "bastion.toml"
@@ -63,7 +66,16 @@ timeout = "5m"
 # (rm -r, dd, mkfs*, shutdown, reboot, systemctl stop, kill -9, ...); see README.
 # commands = ["rm -r|-R|--recursive", "dd", "mkfs*"]
 
+# Statements that need approval on PostgreSQL targets; unset: the built-in list
+# (drop, truncate, delete-without-where, update-without-where, alter-drop, copy-program).
+# statements = ["drop", "truncate", "delete-without-where", "grant", "revoke"]
+
 # Per-target policy:
+# [targets.prod-db]
+# statements = ["drop", "truncate", "ddl"]   # replaces [approvals] statements
+# databases = ["app", "reporting"]           # databases the agent may pick
+# redact_parameters = true                   # keep bound values out of the query log
+# recording = "mandatory"                    # or "best-effort", or "off"
 # [targets.prod-web]
 # commands = ["rm -r|-R|--recursive", "reboot"]   # replaces [approvals] commands
 # shell_requires_approval = true                  # opening a shell waits for approval
@@ -115,6 +127,8 @@ class ApprovalsConfig:
     timeout: timedelta = timedelta(minutes=5)
     # None: the built-in rules of `cmdpolicy.DEFAULT_RULES`.
     commands: tuple[CommandRule, ...] | None = None
+    # None: the built-in rules of `sqlclass.DEFAULT_RULES`.
+    statements: tuple[StatementRule, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,12 @@ class TargetPolicy:
     # "mandatory": a session that can't be recorded doesn't run; "best-effort": it runs,
     # and every loss of recording is an audit event; "off": not recorded (audited).
     recording: str = "mandatory"
+    # PostgreSQL targets: the statements that need approval (replaces [approvals]),
+    # the databases an agent may pick (else the registered one is used), and whether
+    # parameter values are left out of the query log.
+    statements: tuple[StatementRule, ...] | None = None
+    databases: tuple[str, ...] = ()
+    redact_parameters: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +165,14 @@ class Config:
             return self.approvals.commands
         return DEFAULT_RULES
 
+    def statement_rules(self, target: str) -> tuple[StatementRule, ...]:
+        policy = self.targets.get(target)
+        if policy is not None and policy.statements is not None:
+            return policy.statements
+        if self.approvals.statements is not None:
+            return self.approvals.statements
+        return DEFAULT_STATEMENT_RULES
+
     def target_policy(self, target: str) -> TargetPolicy:
         return self.targets.get(target, TargetPolicy())
 
@@ -157,6 +185,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "approvals": ApprovalsConfig,
 }
 _RULE_LISTS = {"commands"}
+_STATEMENT_LISTS = {"statements"}
+_STRING_LISTS = {"databases"}
 
 
 def split_host_port(value: str, key: str, source: Path | None = None) -> tuple[str, int]:
@@ -170,6 +200,17 @@ def split_host_port(value: str, key: str, source: Path | None = None) -> tuple[s
 
 def _convert(section: str, key: str, value: Any, default: Any, source: Path) -> Any:
     where = f"'{section}.{key}' in {source}"
+    if key in _STATEMENT_LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of statement rules (strings)")
+        try:
+            return tuple(parse_statement_rule(v) for v in value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if key in _STRING_LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where} must be a list of names (strings)")
+        return tuple(value)
     if key in _RULE_LISTS:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of command rules (strings)")

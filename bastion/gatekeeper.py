@@ -246,13 +246,14 @@ class Gatekeeper:
         self, session: Session, recorder: Recorder, end: Mapping[str, object]
     ) -> None:
         """Close the file and seal its hash into the audit chain."""
-        state = RecordingState.CLOSED
         try:
-            recorder.close(end)
+            written = recorder.close(end)
         except RecordingFailed:
             recorder.abandon()
-            state = RecordingState.FAILED
-        self._seal(session.id, state, "recording.closed")
+            self._seal(session.id, RecordingState.FAILED, "recording.closed")
+        else:
+            # The writer hashed what it wrote: no second read of a large file here.
+            self._seal(session.id, RecordingState.CLOSED, "recording.closed", written)
 
     def recording_off(self, session: Session) -> None:
         with self.store.transaction() as tx:
@@ -272,7 +273,14 @@ class Gatekeeper:
                 {"session": session.id, "reason": reason, "session_ended": ended_session},
             )
 
-    def _seal(self, session_id: str, state: RecordingState, action: str) -> None:
+    def _seal(
+        self,
+        session_id: str,
+        state: RecordingState,
+        action: str,
+        written: tuple[str, int] | None = None,
+    ) -> None:
+        """Put the recording's SHA-256, signed, into the audit chain."""
         recording = self.store.get_recording(session_id)
         if recording is None:
             return
@@ -282,7 +290,7 @@ class Gatekeeper:
         digest: str | None = None
         size: int | None = None
         try:
-            digest, size = seal.file_sha256(path)
+            digest, size = written if written is not None else seal.file_sha256(path)
         except OSError as exc:
             details["error"] = exc.strerror or str(exc)
         else:

@@ -10,7 +10,9 @@ behind a 13-byte header costs a few percent. asciicast v2/v3 is produced on expo
 
 Kinds: `H` header (JSON metadata, first frame), `o` output (stdout bytes), `e` stderr
 bytes, `i` input (the agent's keystrokes or stdin), `r` resize (`COLSxROWS`), `m` marker
-(UTF-8 label of a bastion event), `E` end (JSON metadata, last frame). A file cut short
+(UTF-8 label of a bastion event), `q` one statement of a PostgreSQL session's query log
+(JSON: sql, params, start, duration, rows, error, verdict), `E` end (JSON metadata, last
+frame). A file cut short
 (crash, full disk) parses up to its last whole frame.
 """
 
@@ -34,7 +36,8 @@ INPUT = b"i"
 RESIZE = b"r"
 MARKER = b"m"
 END = b"E"
-KINDS = frozenset({HEADER, OUTPUT, STDERR, INPUT, RESIZE, MARKER, END})
+QUERY = b"q"
+KINDS = frozenset({HEADER, OUTPUT, STDERR, INPUT, RESIZE, MARKER, END, QUERY})
 
 
 class FormatError(ValueError):

@@ -87,6 +87,10 @@ class Recorder:
     def resize(self, columns: int, rows: int) -> None:
         self._frame(fmt.RESIZE, f"{columns}x{rows}".encode())
 
+    def query(self, entry: bytes) -> None:
+        """One statement of a PostgreSQL session's query log (JSON)."""
+        self._frame(fmt.QUERY, entry)
+
     def marker(self, label: str) -> None:
         self._frame(fmt.MARKER, label.encode("utf-8"))
 

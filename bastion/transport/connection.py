@@ -27,9 +27,10 @@ import asyncssh
 from bastion import access
 from bastion.access import Denial, LoginPermit
 from bastion.cmdpolicy import NeedsApproval, classify_command
-from bastion.models import ApprovalState, EndReason, SessionKind
-from bastion.recording.writer import Recorder, RecordingOff
+from bastion.models import ApprovalState, EndReason, SessionKind, Target, TargetKind
+from bastion.recording.writer import Recorder, RecordingFailed, RecordingOff
 from bastion.transport import certs, upstream
+from bastion.transport.pgrelay import PgRelay
 from bastion.transport.relay import ForwardRelay, SessionRelay
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.permit: LoginPermit | None = None
         self.refusals: list[str] = []
         self.sessions: set[SessionRelay] = set()
-        self.forwards: set[ForwardRelay] = set()
+        self.forwards: set[ForwardRelay | PgRelay] = set()
         self.closing = False
         self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -70,6 +71,15 @@ class GatewayConnection(asyncssh.SSHServer):
 
         # auth.py calls conn.validate_public_key(); an instance attribute shadows it.
         conn.validate_public_key = validate_public_key
+        check_permission = conn.check_certificate_permission
+
+        def check_certificate_permission(permission: str) -> bool:
+            # asyncssh would refuse a forward without permit-port-forwarding before asking
+            # us, unaudited; `access.decide_forward` refuses it from the grant (whose flag
+            # is the certificate's) and audits the refusal.
+            return permission == "port-forwarding" or check_permission(permission)
+
+        conn.check_certificate_permission = check_certificate_permission
         self.gateway.connections.add(self)
 
     async def _validate(
@@ -105,6 +115,9 @@ class GatewayConnection(asyncssh.SSHServer):
         decision = access.decide_login(facts, username, None, None, self.gate.now())
         if isinstance(decision, Denial) and "no grant" not in decision.reason:
             return decision.reason
+        unknown = sorted(set(facts.critical_options) - {"force-command", "source-address"})
+        if unknown:
+            return f"certificate has unsupported critical options: {', '.join(unknown)}"
         if "source-address" in facts.critical_options:
             return (
                 f"client address not in source-address {facts.critical_options['source-address']}"
@@ -208,7 +221,11 @@ class GatewayConnection(asyncssh.SSHServer):
         )
 
     def close_record(
-        self, relay: SessionRelay | ForwardRelay, reason: EndReason, status: int | None, detail: str
+        self,
+        relay: SessionRelay | ForwardRelay | PgRelay,
+        reason: EndReason,
+        status: int | None,
+        detail: str,
     ) -> None:
         try:
             self.gate.close_session(
@@ -366,7 +383,9 @@ class GatewayConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         return self._open_forward(decision, dest_host, dest_port)
 
-    async def _open_forward(self, target: Any, dest_host: str, dest_port: int) -> ForwardRelay:
+    async def _open_forward(
+        self, target: Target, dest_host: str, dest_port: int
+    ) -> ForwardRelay | PgRelay:
         assert self.permit is not None
         record = self.gate.open_session(
             self.permit,
@@ -375,6 +394,8 @@ class GatewayConnection(asyncssh.SSHServer):
             self.client,
             f"-L {dest_host}:{dest_port} -> {target.host}:{target.port}",
         )
+        if target.kind is TargetKind.POSTGRES:
+            return PgRelay(self, target, record, self._forward_recorder(record, target))
         try:
             return await ForwardRelay.open(self, target.host, target.port, record)
         except OSError as exc:
@@ -383,6 +404,65 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             self.gate.close_session(record, EndReason.TARGET_ERROR, detail=reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
+
+    def _forward_recorder(self, record: Any, target: Target) -> Recorder | None:
+        """The query log of a PostgreSQL session lives in its recording."""
+        mode = self.recording_mode_of(target.name)
+        if mode == "off":
+            self.gate.recording_off(record)
+            return None
+        header: dict[str, object] = {
+            "session": record.id,
+            "agent": record.agent,
+            "grant": record.grant_id,
+            "task": record.task,
+            "target": record.target,
+            "client": record.client,
+            "kind": "postgres",
+            "command": record.command,
+            "term_type": None,
+            "term_size": None,
+            "pty": False,
+            "started_at": record.started_at.isoformat(),
+        }
+        try:
+            return self.gate.start_recording(record, header)
+        except RecordingFailed as exc:
+            if mode == "mandatory":
+                self.gate.close_session(record, EndReason.RECORDING_FAILED, detail=str(exc))
+                raise asyncssh.ChannelOpenError(
+                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"{exc} - session refused"
+                ) from None
+            self.gate.recording_lost(record, str(exc), False)
+            return None
+
+    def end_forward(self, relay: PgRelay, reason: EndReason, detail: str) -> None:
+        recorder, relay.recorder = relay.recorder, None
+        if recorder is not None:
+            end = {
+                "ended_at": self.gate.now().isoformat(),
+                "end_reason": reason.value,
+                "exit_status": None,
+                "detail": detail,
+            }
+            try:
+                self.gate.finish_recording(relay.record, recorder, end)
+            except Exception:
+                log.exception("could not seal the recording of session %s", relay.record.id)
+        self.close_record(relay, reason, None, detail)
+
+    def recording_lost_forward(self, relay: PgRelay, reason: str) -> None:
+        recorder, relay.recorder = relay.recorder, None
+        mandatory = self.recording_mode_of(relay.target.name) == "mandatory"
+        self.gate.recording_lost(relay.record, reason, mandatory)
+        if recorder is not None:
+            recorder.abandon()
+            self.gate.finish_recording(relay.record, recorder, {"end_reason": "recording-failed"})
+        if mandatory:
+            relay.fail(EndReason.RECORDING_FAILED, f"{reason} - session closed")
+
+    def recording_mode_of(self, target: str) -> str:
+        return self.gateway.config.target_policy(target).recording
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # no remote forwards (-R) through the bastion

@@ -21,6 +21,7 @@ from bastion.models import Approval, ApprovalState, EndReason
 from bastion.recording.writer import RecordingFailed
 from bastion.transport import asyncssh_fixes
 from bastion.transport.connection import GatewayConnection
+from bastion.transport.pgrelay import PgRelay
 from bastion.transport.relay import SessionRelay
 
 log = logging.getLogger("bastion.gateway")
@@ -50,6 +51,8 @@ class Gateway:
         self.close_grace = close_grace
         self.connections: set[GatewayConnection] = set()
         self.recorders: set[SessionRelay] = set()
+        # The BackendKeyData each PostgreSQL relay gave its client -> that relay.
+        self.pg_backends: dict[tuple[int, bytes], PgRelay] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._waiters: dict[str, asyncio.Future[Approval]] = {}
         self._server: Any = None

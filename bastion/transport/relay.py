@@ -337,6 +337,7 @@ class _TcpHalf(asyncio.Protocol):
         if self.forward is not None and self.forward.chan is not None:
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.forward.chan.write_eof()
+            self.forward.half_closed("target")
         return True
 
     def pause_writing(self) -> None:
@@ -364,6 +365,7 @@ class ForwardRelay(asyncssh.SSHTCPSession[bytes]):
         self.bytes_up = 0
         self.bytes_down = 0
         self._ended = False
+        self._eofs: set[str] = set()
 
     @classmethod
     async def open(cls, conn: GatewayConnection, host: str, port: int, record: Any) -> ForwardRelay:
@@ -386,7 +388,16 @@ class ForwardRelay(asyncssh.SSHTCPSession[bytes]):
         assert self.tcp.transport is not None
         if self.tcp.transport.can_write_eof():
             self.tcp.transport.write_eof()
+        self.half_closed("agent")
         return True
+
+    def half_closed(self, side: str) -> None:
+        """Once both directions have ended, close (as sshd does; `ssh -W` waits for it)."""
+        self._eofs.add(side)
+        if len(self._eofs) == 2:
+            self._finish(EndReason.EXIT, "")
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.chan.close()
 
     def pause_writing(self) -> None:
         assert self.tcp.transport is not None

@@ -1,0 +1,585 @@
+"""The protocol-aware relay for a `-L` forward to a PostgreSQL target.
+
+The agent's psql (or psycopg, pgbench) speaks to the bastion through the SSH channel;
+the bastion speaks to the target over its own connection. Three things happen on the way:
+
+Credential injection. The agent's SSLRequest/GSSENCRequest get `N` (the SSH channel is
+already encrypted). Its StartupMessage is taken for its parameters, never its password:
+the agent was authenticated by its certificate, so the bastion logs in upstream with the
+target's registered role (`pgupstream.login`) and answers the agent AuthenticationOk, the
+server's ParameterStatus messages, a BackendKeyData of its own, and ReadyForQuery.
+
+The statement gate and the query log. Frontend frames are read whole (`pgwire`) and
+forwarded unchanged, except that each simple Query and each Parse is classified
+(`sqlclass`, the real PostgreSQL grammar). A statement that needs approval is held, with
+everything after it, until a human decides; the agent gets a NoticeResponse meanwhile.
+Refused, the relay makes the *server* raise the error: it sends, instead of the
+statement, a `DO` block that raises SQLSTATE 42501 with the reason. The server then
+answers ErrorResponse and ReadyForQuery with the transaction status it really has (an
+open transaction becomes aborted), so the agent's session and the server stay in step.
+For a refused Parse the client's messages up to its Sync are dropped and the relay sends
+the DO as a Query followed by a Sync; exactly one ReadyForQuery reaches the agent (if the
+server was already skipping to Sync after an earlier error, the DO is skipped too and the
+Sync's ReadyForQuery is the agent's; otherwise the Sync's is swallowed).
+
+Responses are tracked in a queue of pending statements (a simple Query or an extended
+Sync each end at one ReadyForQuery; an Execute ends at its CommandComplete or error) to
+time each statement and count its rows for the query log written into the recording.
+Row data (DataRow, CopyData) is forwarded in runs without being decoded.
+
+Cancels and the end. A CancelRequest from the agent (psql's Ctrl-C opens a new forward)
+quotes the bastion's key; the gateway maps it to the real backend key, only within the
+same grant. When the grant ends, the agent gets a FATAL ErrorResponse naming the reason,
+a running query is cancelled on the server, and both sides are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from bastion import pgwire, sqlclass
+from bastion.models import ApprovalState, EndReason, Target
+from bastion.transport import pgupstream
+
+if TYPE_CHECKING:
+    from bastion.recording.writer import Recorder
+    from bastion.transport.connection import GatewayConnection
+
+log = logging.getLogger("bastion.postgres")
+
+_ROW_TYPES = frozenset({b"D", b"d"})
+_PARAM_LIMIT = 200
+_SQL_LIMIT = 10_000
+_HELD_LIMIT = 1 << 20
+_PASSED_PARAMETERS = (
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "search_path",
+)
+
+
+@dataclass
+class _Pending:
+    """One statement (or extended batch end) waiting for its answer from the server."""
+
+    kind: str  # "query" | "execute" | "sync" | "denied-query" | "denied-batch" | "swallow"
+    sql: str = ""
+    params: list[str | None] | None = None
+    started: float = 0.0
+    rows: int = 0
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
+    verdict: str = "allowed"
+    saw_marker: bool = False
+
+
+def deny_statement(message: str) -> str:
+    """A DO block that makes the server itself raise `message` as SQLSTATE 42501."""
+    text = message.replace("'", "''").replace("$", "")
+    return (
+        "DO $bastion$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = "
+        f"'{text}'; END $bastion$"
+    )
+
+
+class PgRelay(asyncssh.SSHTCPSession[bytes]):
+    def __init__(
+        self, conn: GatewayConnection, target: Target, record: Any, recorder: Recorder | None
+    ) -> None:
+        self.conn = conn
+        self.gateway = conn.gateway
+        self.target = target
+        self.record = record
+        self.recorder = recorder
+        self.chan: Any = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._client = pgwire.FrontendParser()
+        self._login: pgupstream.PgLogin | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._phase = "startup"
+        self._held: list[pgwire.Frame] = []
+        self._holding = False
+        self._discard_until_sync = False
+        self._pending: deque[_Pending] = deque()
+        self._statements: dict[str, str] = {}
+        self._verdicts: dict[str, str] = {}
+        self._portals: dict[str, tuple[str, list[str | None]]] = {}
+        self._client_writable = asyncio.Event()
+        self._client_writable.set()
+        self._ended = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.fake_key = pgwire.BackendKeyData(
+            secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)
+        )
+        policy = self.gateway.config.target_policy(target.name)
+        self._rules = self.gateway.config.statement_rules(target.name)
+        self._redact = policy.redact_parameters
+        self._databases = policy.databases
+
+    # -- the agent's side ---------------------------------------------------------
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        self.conn.forwards.add(self)
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.bytes_up += len(data)
+        try:
+            self._client.receive_data(data)
+            if self._phase == "startup":
+                self._startup()
+            if self._phase == "ready":
+                self._pump()
+        except pgwire.ProtocolError as exc:
+            self._fatal("08P01", f"protocol violation: {exc}", EndReason.CLIENT_CLOSED)
+
+    def eof_received(self) -> bool:
+        self._close(EndReason.CLIENT_CLOSED, "")
+        return False
+
+    def pause_writing(self) -> None:
+        self._client_writable.clear()
+
+    def resume_writing(self) -> None:
+        self._client_writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.forwards.discard(self)
+        self._close(EndReason.CLIENT_CLOSED, "")
+
+    def _send(self, *messages: pgwire.Message) -> None:
+        data = b"".join(pgwire.encode(m) for m in messages)
+        self.bytes_down += len(data)
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.chan.write(data)
+
+    def _startup(self) -> None:
+        while True:
+            event = self._client.next_event()
+            if event is pgwire.NEED_DATA:
+                return
+            if event is pgwire.CLOSED:
+                self._close(EndReason.CLIENT_CLOSED, "")
+                return
+            if isinstance(event, pgwire.SSLRequest | pgwire.GSSENCRequest):
+                # The SSH channel already encrypts: decline, and the client goes on in clear.
+                self.bytes_down += 1
+                self.chan.write(pgwire.ENCRYPTION_REFUSED)
+            elif isinstance(event, pgwire.CancelRequest):
+                self._phase = "closed"
+                self._spawn(self._cancel(event))
+                return
+            elif isinstance(event, pgwire.StartupMessage):
+                self._phase = "connecting"
+                self.chan.pause_reading()
+                self._spawn(self._connect(event))
+                return
+
+    async def _cancel(self, request: pgwire.CancelRequest) -> None:
+        relay = self.gateway.pg_backends.get((request.pid, request.key))
+        if relay is not None and relay.record.grant_id == self.record.grant_id:
+            await relay.cancel_running()
+            self._finish(EndReason.EXIT, "cancel request forwarded")
+        else:
+            self._finish(EndReason.DENIED, "cancel request for an unknown backend")
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.chan.close()
+
+    async def _connect(self, startup: pgwire.StartupMessage) -> None:
+        params = startup.parameters
+        wanted = params.get("database") or params.get("user") or ""
+        database = wanted if wanted in self._databases else (self.target.database or "")
+        extra = {k: params[k] for k in _PASSED_PARAMETERS if k in params}
+        agent = self.record.agent
+        extra["application_name"] = f"{extra.get('application_name', 'client')} (bastion: {agent})"
+        secret = self.conn.gate.target_secret(self.target.name)
+        try:
+            if secret is None:
+                raise pgupstream.PgUpstreamError(
+                    f"target {self.target.name} has no stored credential"
+                )
+            login = await pgupstream.login(self.target, secret.value, database, extra)
+        except pgupstream.PgUpstreamError as exc:
+            self.conn.gate.target_error(self.target.name, self.record.grant_id, str(exc), False)
+            self._fatal(exc.sqlstate, str(exc), EndReason.TARGET_ERROR)
+            return
+        if self._ended:
+            login.writer.close()
+            return
+        self._login = login
+        self._writer = login.writer
+        self.gateway.pg_backends[(self.fake_key.pid, self.fake_key.key)] = self
+        self._send(
+            pgwire.AuthenticationOk(),
+            *login.parameters,
+            self.fake_key,
+            pgwire.ReadyForQuery(login.status),
+        )
+        if database != wanted and wanted:
+            self._send(
+                pgwire.NoticeResponse.build(
+                    "NOTICE",
+                    "01000",
+                    f"[bastion] database {wanted!r} is not allowed for this target;"
+                    f" connected to {database!r}",
+                )
+            )
+        self._log_event("connected", {"database": database, "user": self.target.user})
+        self._phase = "ready"
+        self._spawn(self._read_server(login))
+        self.chan.resume_reading()
+        self._pump()
+
+    # -- frontend frames ------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Forward the agent's whole frames, holding at a statement that needs approval."""
+        out: list[bytes] = []
+        while not self._holding and self._phase == "ready":
+            frame = self._client.next_frame()
+            if frame is pgwire.NEED_DATA:
+                break
+            if frame is pgwire.CLOSED:
+                self._flush(out)
+                self._close(EndReason.CLIENT_CLOSED, "")
+                return
+            assert not isinstance(frame, pgwire.Signal)
+            kind = frame[0]
+            if self._discard_until_sync:
+                if kind == b"S":
+                    self._discard_until_sync = False
+                continue
+            if kind in (b"Q", b"P") and self._gate(frame, out):
+                break
+            if kind == b"B":
+                self._note_bind(frame)
+            elif kind == b"E":
+                self._note_execute(frame)
+            elif kind == b"S":
+                self._pending.append(_Pending("sync"))
+            elif kind == b"X":
+                self._flush(out)
+                out = []
+                self._close(EndReason.CLIENT_CLOSED, "")
+                return
+            out.append(frame[1])
+        self._flush(out)
+
+    def _flush(self, out: list[bytes]) -> None:
+        if out and self._writer is not None:
+            self._writer.write(b"".join(out))
+            if self._writer.transport.get_write_buffer_size() > 1 << 20:
+                self.chan.pause_reading()
+                self._spawn(self._drain_upstream())
+
+    async def _drain_upstream(self) -> None:
+        assert self._writer is not None
+        with contextlib.suppress(OSError):
+            await self._writer.drain()
+        if not self._ended:
+            self.chan.resume_reading()
+
+    def _gate(self, frame: pgwire.Frame, out: list[bytes]) -> bool:
+        """Classify a Query or Parse; True when it is held for approval."""
+        message = pgwire.decode_frontend(frame)
+        assert isinstance(message, pgwire.Query | pgwire.Parse)
+        sql = message.sql if isinstance(message, pgwire.Query) else message.query
+        verdict = sqlclass.classify_sql(sql, self._rules)
+        if isinstance(verdict, sqlclass.NeedsApproval):
+            self._flush(out)
+            out.clear()
+            self._holding = True
+            self.chan.pause_reading()
+            self._spawn(self._approve(frame, message, sql, verdict.reasons))
+            return True
+        self._admit(message, sql, "allowed")
+        return False
+
+    def _admit(self, message: pgwire.FrontendMessage, sql: str, verdict: str) -> None:
+        if isinstance(message, pgwire.Query):
+            self._pending.append(_Pending("query", sql=sql, started=self._now(), verdict=verdict))
+        elif isinstance(message, pgwire.Parse):
+            self._statements[message.name] = sql
+            self._verdicts[message.name] = verdict
+
+    def _note_bind(self, frame: pgwire.Frame) -> None:
+        bind = pgwire.decode_frontend(frame)
+        assert isinstance(bind, pgwire.Bind)
+        params: list[str | None] = []
+        for index, value in enumerate(bind.params):
+            params.append(self._param(bind, index, value))
+        self._portals[bind.portal] = (bind.statement, params)
+
+    def _param(self, bind: pgwire.Bind, index: int, value: bytes | None) -> str | None:
+        if value is None:
+            return None
+        if self._redact:
+            return "<redacted>"
+        formats = bind.param_formats
+        binary = (formats[index] if len(formats) > 1 else formats[0] if formats else 0) == 1
+        text = ("\\x" + value.hex()) if binary else value.decode("utf-8", errors="replace")
+        return text if len(text) <= _PARAM_LIMIT else text[:_PARAM_LIMIT] + "…"
+
+    def _note_execute(self, frame: pgwire.Frame) -> None:
+        execute = pgwire.decode_frontend(frame)
+        assert isinstance(execute, pgwire.Execute)
+        statement, params = self._portals.get(execute.portal, ("", []))
+        self._pending.append(
+            _Pending(
+                "execute",
+                sql=self._statements.get(statement, ""),
+                params=params,
+                started=self._now(),
+                verdict=self._verdicts.get(statement, "allowed"),
+            )
+        )
+
+    # -- approvals ------------------------------------------------------------------
+
+    async def _approve(
+        self,
+        frame: pgwire.Frame,
+        message: pgwire.FrontendMessage,
+        sql: str,
+        reasons: tuple[str, ...],
+    ) -> None:
+        gate = self.conn.gate
+        timeout = self.gateway.config.approvals.timeout
+        approval = gate.request_approval(self.record, "statement", sql, reasons, timeout)
+        wait = _duration_text(timeout.total_seconds())
+        self._send(
+            pgwire.NoticeResponse.build(
+                "NOTICE",
+                "01000",
+                f"[bastion] approval required, request {approval.id}; waiting up to {wait}",
+            )
+        )
+        self._log_event("approval requested", {"approval": approval.id, "sql": sql[:_SQL_LIMIT]})
+        decided = await self.gateway.wait_for_decision(approval, timeout)
+        if self._ended:
+            return
+        if decided.state is ApprovalState.APPROVED:
+            self._send(
+                pgwire.NoticeResponse.build(
+                    "NOTICE", "01000", f"[bastion] approved by {decided.decided_by} ({approval.id})"
+                )
+            )
+            self._admit(message, sql, f"approved {approval.id} by {decided.decided_by}")
+            self._flush([frame[1]])
+        else:
+            if decided.state is ApprovalState.DENIED:
+                reason = f"denied by {decided.decided_by}: {decided.decision_reason}"
+            else:
+                reason = f"approval timed out after {wait}"
+            text = f"[bastion] statement refused ({approval.id}): {reason}"
+            verdict = f"{decided.state.value} {approval.id}"
+            refusal = pgwire.encode(pgwire.Query(deny_statement(text)))
+            if isinstance(message, pgwire.Query):
+                self._pending.append(
+                    _Pending("denied-query", sql=sql, started=self._now(), verdict=verdict)
+                )
+                self._flush([refusal])
+            else:
+                self._discard_until_sync = True
+                self._pending.append(
+                    _Pending("denied-batch", sql=sql, started=self._now(), verdict=verdict)
+                )
+                self._pending.append(_Pending("swallow"))
+                self._flush([refusal, pgwire.encode(pgwire.Sync())])
+        self._holding = False
+        self.chan.resume_reading()
+        self._pump()
+
+    # -- the server's side ----------------------------------------------------------
+
+    async def _read_server(self, login: pgupstream.PgLogin) -> None:
+        reader, parser = login.reader, login.parser
+        try:
+            while not self._ended:
+                data = await reader.read(262144)
+                parser.receive_data(data)
+                out: list[bytes] = []
+                while True:
+                    run = parser.next_run(_ROW_TYPES)
+                    if run:
+                        out.append(run)
+                        continue
+                    frame = parser.next_frame()
+                    if frame is pgwire.NEED_DATA:
+                        break
+                    if frame is pgwire.CLOSED:
+                        if out:
+                            self._to_client(out)
+                        self._close(EndReason.EXIT, "the target closed the connection")
+                        return
+                    assert not isinstance(frame, pgwire.Signal)
+                    if self._server_frame(frame):
+                        out.append(frame[1])
+                if out:
+                    self._to_client(out)
+                    await self._client_writable.wait()
+        except (OSError, pgwire.ProtocolError) as exc:
+            if not self._ended:
+                self._fatal(
+                    "08006", f"connection to the target failed: {exc}", EndReason.TARGET_ERROR
+                )
+
+    def _to_client(self, out: list[bytes]) -> None:
+        data = b"".join(out)
+        self.bytes_down += len(data)
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.chan.write(data)
+
+    def _server_frame(self, frame: pgwire.Frame) -> bool:
+        """Account for one backend message; False when it must not reach the agent."""
+        kind = frame[0]
+        if kind == b"C":
+            message = pgwire.decode_backend(frame)
+            assert isinstance(message, pgwire.CommandComplete)
+            entry = self._head(("query", "execute"))
+            if entry is not None:
+                entry.tags.append(message.tag)
+                entry.rows += message.rows or 0
+                if entry.kind == "execute":
+                    self._done(entry)
+        elif kind in (b"I", b"s"):
+            entry = self._head(("execute",))
+            if entry is not None:
+                self._done(entry)
+        elif kind == b"E":
+            message = pgwire.decode_backend(frame)
+            assert isinstance(message, pgwire.ErrorResponse)
+            entry = self._head(("query", "execute", "denied-query", "denied-batch"))
+            if entry is not None:
+                entry.error = f"{message.sqlstate} {message.message}"
+                if entry.kind.startswith("denied") and message.message.startswith("[bastion]"):
+                    entry.saw_marker = True
+                if entry.kind == "execute":
+                    self._done(entry)
+        elif kind == b"Z":
+            return self._ready_for_query(frame)
+        return True
+
+    def _head(self, kinds: tuple[str, ...]) -> _Pending | None:
+        return self._pending[0] if self._pending and self._pending[0].kind in kinds else None
+
+    def _ready_for_query(self, frame: pgwire.Frame) -> bool:
+        # Executes left before the batch's end were skipped by the server after an error.
+        while self._pending and self._pending[0].kind == "execute":
+            skipped = self._pending[0]
+            skipped.error = skipped.error or "not executed (an earlier statement failed)"
+            self._done(skipped)
+        if not self._pending:
+            return True
+        entry = self._pending.popleft()
+        if entry.kind == "swallow":
+            return False  # the answer to the Sync the relay added after a refused Parse
+        skipped_do = entry.kind == "denied-batch" and not entry.saw_marker
+        if skipped_do and self._pending and self._pending[0].kind == "swallow":
+            # The server skipped the DO (it was already skipping to Sync): this is the
+            # Sync's answer, the one the agent waits for; nothing left to swallow.
+            self._pending.popleft()
+        if entry.kind != "sync":
+            self._write_log(entry)
+        return True
+
+    def _done(self, entry: _Pending) -> None:
+        with contextlib.suppress(ValueError):
+            self._pending.remove(entry)
+        self._write_log(entry)
+
+    # -- the query log ----------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self.conn.gate.bastion.clock.monotonic()
+
+    def _write_log(self, entry: _Pending) -> None:
+        if self.recorder is None:
+            return
+        record = {
+            "sql": entry.sql[:_SQL_LIMIT],
+            "params": entry.params,
+            "duration_ms": round((self._now() - entry.started) * 1000, 3),
+            "rows": entry.rows,
+            "tags": entry.tags,
+            "error": entry.error,
+            "verdict": entry.verdict,
+        }
+        self._append(record)
+
+    def _log_event(self, event: str, details: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self._append({"event": event, **details})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        assert self.recorder is not None
+        try:
+            self.recorder.query(json.dumps(record).encode())
+        except Exception as exc:  # RecordingFailed
+            self.conn.recording_lost_forward(self, str(exc))
+
+    # -- the end ----------------------------------------------------------------------
+
+    async def cancel_running(self) -> None:
+        if self._login is not None and self._login.backend_key is not None:
+            await pgupstream.cancel(self.target, self._login.backend_key)
+
+    def fail(self, reason: EndReason, message: str) -> None:
+        """Forced close (expiry, revocation, kill, shutdown): say why, cancel, close."""
+        if self._ended:
+            return
+        if self._pending and self._login is not None:
+            self._spawn(self.cancel_running())
+        self._fatal("57P01", f"[bastion] {message}", reason)
+
+    def _fatal(self, sqlstate: str, message: str, reason: EndReason) -> None:
+        if self._ended:
+            return
+        self._send(pgwire.ErrorResponse.build("FATAL", sqlstate, message))
+        self._close(reason, message)
+
+    def _close(self, reason: EndReason, detail: str) -> None:
+        if self._ended:
+            return
+        self._phase = "closed"
+        if self._writer is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self._writer.write(pgwire.encode(pgwire.Terminate()))
+                self._writer.close()
+        self._finish(reason, detail)
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.chan.close()
+
+    def _finish(self, reason: EndReason, detail: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.gateway.pg_backends.pop((self.fake_key.pid, self.fake_key.key), None)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.conn.end_forward(self, reason, detail)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _duration_text(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes}m" if minutes and seconds % 60 == 0 else f"{int(seconds)}s"

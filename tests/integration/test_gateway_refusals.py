@@ -1,0 +1,370 @@
+"""Who the gateway lets in, and what a grant's certificate allows once in.
+
+Every refused certificate looks the same to the client, an ordinary
+"Permission denied (publickey)." (the only method offered: no password, no
+keyboard-interactive), and leaves an audit `login.refused` event naming the reason.
+Certificates the bastion never issued are made with `ssh-keygen -s`, signed by the
+bastion's own CA (`keys/ca`) or by another one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+
+from bastion.clock import FixedClock
+from bastion.config import open_home
+from bastion.service import Bastion, GrantRequest
+from tests.integration.conftest import Grant, Server, keygen, wait_until
+
+DENIED = "Permission denied (publickey)."
+
+
+def attempt(gateway: Server, login: str, key: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """`ssh LOGIN@bastion -i KEY 'echo should-not-run'`; the result and new login.refused events."""
+    seq = gateway.audit_seq()
+    result = gateway.ssh(login, key, "echo should-not-run")
+    # The refusal is audited when the connection closes, a moment after the client exits.
+    events = wait_until(lambda: gateway.audit("login.refused", after=seq), timeout=5)
+    return result, events
+
+
+def assert_refused(gateway: Server, login: str, key: Path, reason: str) -> dict[str, Any]:
+    """Refused with `DENIED`, nothing ran, and one refusal event whose reason holds `reason`."""
+    result, events = attempt(gateway, login, key)
+    assert result.returncode == 255
+    assert result.stdout == ""
+    assert DENIED in result.stderr
+    matching = [e for e in events if reason in e["details"]["reason"]]
+    assert matching, [e["details"]["reason"] for e in events]
+    event = matching[0]
+    assert event["actor"] == "gateway"
+    assert event["details"]["login"] == login
+    assert event["details"]["client"].startswith("127.0.0.1:")
+    assert not gateway.audit("login.accepted", after=event["seq"] - 1)
+    return event
+
+
+def copy_key(key: Path, to: Path) -> Path:
+    """The agent's key pair under a new name (so a forged certificate can sit beside it)."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(key, to)
+    shutil.copy(f"{key}.pub", f"{to}.pub")
+    to.chmod(0o600)
+    return to
+
+
+def ssh_keygen_sign(
+    ca: Path,
+    key: Path,
+    key_id: str,
+    serial: int,
+    principals: list[str] | None,
+    *options: str,
+) -> Path:
+    """`ssh-keygen -s CA -I KEY_ID -z SERIAL [-n P,...] OPTIONS KEY.pub`: KEY-cert.pub."""
+    argv = ["ssh-keygen", "-q", "-s", str(ca), "-I", key_id, "-z", str(serial)]
+    if principals is not None:
+        argv += ["-n", ",".join(principals)]
+    subprocess.run([*argv, *options, f"{key}.pub"], check=True, capture_output=True)
+    return Path(f"{key}-cert.pub")
+
+
+def keygen_listing(cert: Path) -> str:
+    return subprocess.run(
+        ["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+# -- what gets in ------------------------------------------------------------------
+
+
+def test_granted_certificate_logs_in(gateway: Server) -> None:
+    grant = gateway.issue("prod-web", "gated-web")
+    seq = gateway.audit_seq()
+
+    result = gateway.ssh("prod-web", grant.key, "echo in")
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "in\n", "")
+    [event] = gateway.audit("login.accepted", after=seq)
+    assert event["actor"] == "bot"
+    assert event["details"]["grant"] == grant.id
+    assert event["details"]["serial"] == grant.serial
+    assert event["details"]["key_id"] == grant.key_id
+    assert event["details"]["login"] == "prod-web"
+    assert not gateway.audit("login.refused", after=seq)
+
+
+# -- certificates the bastion refuses ------------------------------------------------
+
+
+def test_plain_key_is_refused(gateway: Server, tmp_path: Path) -> None:
+    key = keygen(tmp_path / "plain" / "id_ed25519")
+    assert_refused(
+        gateway, "prod-web", key, "a plain key is not accepted: a grant certificate is required"
+    )
+
+
+def test_certificate_of_another_ca_is_refused(gateway: Server, tmp_path: Path) -> None:
+    grant = gateway.issue("prod-web")
+    other_ca = keygen(tmp_path / "other-ca" / "ca")
+    key = copy_key(grant.key, tmp_path / "forged" / "id_ed25519")
+    ssh_keygen_sign(other_ca, key, grant.key_id, grant.serial, ["prod-web"], "-V", "-1m:+10m")
+
+    assert_refused(gateway, "prod-web", key, "certificate is not signed by this bastion's CA")
+    assert gateway.sessions(grant) == []
+
+
+def _issue_in_the_past(gateway: Server, key: Path, hours_ago: float) -> Grant:
+    """A 30-minute grant issued `hours_ago`, through the service API with a fixed clock."""
+    clock = FixedClock(datetime.now(UTC) - timedelta(hours=hours_ago))
+    service = Bastion.open(open_home(str(gateway.home)), clock, "clockwork")
+    try:
+        issued = service.issue_grant(
+            GrantRequest(
+                agent="bot",
+                targets=("prod-web",),
+                task="t-old",
+                ttl=timedelta(minutes=30),
+                pubkey=Path(f"{key}.pub"),
+            )
+        )
+    finally:
+        service.close()
+    return Grant(id=issued.grant.id, task="t-old", key=key, data={})
+
+
+def test_expired_certificate_is_refused(gateway: Server, tmp_path: Path) -> None:
+    key = keygen(tmp_path / "old" / "id_ed25519")
+    grant = _issue_in_the_past(gateway, key, hours_ago=2)
+
+    assert_refused(gateway, "prod-web", key, "certificate has expired")
+    assert gateway.sessions(grant) == []
+
+
+def test_grant_that_ran_out_is_refused(gateway: Server) -> None:
+    grant = gateway.issue("prod-web", options=["--ttl", "2s"])
+    first = gateway.ssh("prod-web", grant.key, "echo in-time")
+    assert (first.returncode, first.stdout) == (0, "in-time\n"), first.stderr
+    time.sleep(max(0.0, grant.valid_before - time.time()) + 0.05)
+
+    assert_refused(gateway, "prod-web", grant.key, "certificate has expired")
+
+
+def test_certificate_not_yet_valid_is_refused(gateway: Server, tmp_path: Path) -> None:
+    grant = gateway.issue("prod-web")
+    key = copy_key(grant.key, tmp_path / "early" / "id_ed25519")
+    ssh_keygen_sign(
+        gateway.home / "keys" / "ca",
+        key, grant.key_id, grant.serial, ["prod-web"], "-V", "+1h:+2h",
+    )  # fmt: skip
+
+    assert_refused(gateway, "prod-web", key, "certificate is not yet valid")
+
+
+def test_wrong_principal_is_refused(gateway: Server) -> None:
+    grant = gateway.issue("prod-web")  # gated-web exists, but is not granted
+
+    assert_refused(
+        gateway, "gated-web", grant.key, "login 'gated-web' is not a principal of the certificate"
+    )
+    assert gateway.sessions(grant) == []
+
+
+def test_login_name_that_is_no_target_is_refused(gateway: Server) -> None:
+    grant = gateway.issue("prod-web")
+    assert_refused(
+        gateway, "bastion-t", grant.key, "login 'bastion-t' is not a principal of the certificate"
+    )
+
+
+def test_certificate_with_empty_principals_is_refused(gateway: Server, tmp_path: Path) -> None:
+    # Without -n, ssh-keygen signs for no principal; asyncssh alone would take it for any login.
+    grant = gateway.issue("prod-web")
+    key = copy_key(grant.key, tmp_path / "anyone" / "id_ed25519")
+    cert = ssh_keygen_sign(
+        gateway.home / "keys" / "ca", key, grant.key_id, grant.serial, None, "-V", "-1m:+10m"
+    )
+    listing = keygen_listing(cert)
+    assert "Principals: (none)" in listing
+    assert f'Key ID: "{grant.key_id}"' in listing
+
+    for login in ("prod-web", "gated-web"):
+        assert_refused(gateway, login, key, "certificate has no principals")
+    assert gateway.sessions(grant) == []
+
+
+def test_source_address_mismatch_is_refused(gateway: Server) -> None:
+    grant = gateway.issue("prod-web", options=["--source-address", "10.0.0.0/8"])
+    assert_refused(
+        gateway, "prod-web", grant.key, "client address not in source-address 10.0.0.0/8"
+    )
+
+    near = gateway.issue("prod-web", options=["--source-address", "127.0.0.0/8,10.0.0.0/8"])
+    allowed = gateway.ssh("prod-web", near.key, "echo near")
+    assert (allowed.returncode, allowed.stdout) == (0, "near\n"), allowed.stderr
+
+
+def test_revoked_grant_is_refused(gateway: Server) -> None:
+    grant = gateway.issue("prod-web")
+    before = gateway.ssh("prod-web", grant.key, "true")
+    assert before.returncode == 0, before.stderr
+    gateway.cli("grant", "revoke", grant.id, "--reason", "leaked key", actor="alice")
+
+    event = assert_refused(gateway, "prod-web", grant.key, f"grant {grant.id} is revoked")
+    assert event["details"]["serial"] == grant.serial
+
+
+def test_forged_key_id_and_serial_are_refused(gateway: Server, tmp_path: Path) -> None:
+    # The same key, re-signed by the bastion's own CA with a made-up key id and serial that
+    # still name the real grant: the store's serial/key id must match too.
+    grant = gateway.issue("prod-web")
+    key = copy_key(grant.key, tmp_path / "forged" / "id_ed25519")
+    ssh_keygen_sign(
+        gateway.home / "keys" / "ca",
+        key, f"grant={grant.id} agent=x task=y", 999, ["prod-web"], "-V", "-1m:+10m",
+    )  # fmt: skip
+
+    assert_refused(
+        gateway, "prod-web", key, f"certificate serial/key id do not match grant {grant.id}"
+    )
+
+
+def test_right_key_id_with_wrong_serial_is_refused(gateway: Server, tmp_path: Path) -> None:
+    grant = gateway.issue("prod-web")
+    key = copy_key(grant.key, tmp_path / "forged" / "id_ed25519")
+    ssh_keygen_sign(
+        gateway.home / "keys" / "ca",
+        key, grant.key_id, grant.serial + 1000, ["prod-web"], "-V", "-1m:+10m",
+    )  # fmt: skip
+
+    assert_refused(
+        gateway, "prod-web", key, f"certificate serial/key id do not match grant {grant.id}"
+    )
+
+
+def test_grant_certificate_for_another_key_is_refused(gateway: Server, tmp_path: Path) -> None:
+    # Everything the grant's certificate says, but for a key the grant was not issued for.
+    grant = gateway.issue("prod-web")
+    key = keygen(tmp_path / "stranger" / "id_ed25519")
+    ssh_keygen_sign(
+        gateway.home / "keys" / "ca",
+        key, grant.key_id, grant.serial, ["prod-web"], "-V", "-1m:+10m",
+    )  # fmt: skip
+
+    assert_refused(
+        gateway, "prod-web", key, f"certificate key is not the key grant {grant.id} was issued for"
+    )
+
+
+def test_certificate_naming_no_grant_is_refused(gateway: Server, tmp_path: Path) -> None:
+    key = keygen(tmp_path / "nogrant" / "id_ed25519")
+    ssh_keygen_sign(
+        gateway.home / "keys" / "ca",
+        key, "grant=g-00000000 agent=bot task=x", 7, ["prod-web"], "-V", "-1m:+10m",
+    )  # fmt: skip
+
+    assert_refused(gateway, "prod-web", key, "no grant matches the certificate's key id")
+
+
+def _sign_with_unknown_critical_option(gateway: Server, tmp_path: Path) -> Path:
+    grant = gateway.issue("prod-web")
+    key = copy_key(grant.key, tmp_path / "critical" / "id_ed25519")
+    ssh_keygen_sign(
+        gateway.home / "keys" / "ca",
+        key, grant.key_id, grant.serial, ["prod-web"],
+        "-V", "-1m:+10m", "-O", "critical:frobnicate@example.com=yes",
+    )  # fmt: skip
+    return key
+
+
+def test_unknown_critical_option_is_refused(gateway: Server, tmp_path: Path) -> None:
+    key = _sign_with_unknown_critical_option(gateway, tmp_path)
+
+    result, events = attempt(gateway, "prod-web", key)
+
+    assert result.returncode == 255
+    assert result.stdout == ""
+    assert DENIED in result.stderr
+    assert events, "the refusal is audited"
+
+
+def test_unknown_critical_option_refusal_names_the_option(gateway: Server, tmp_path: Path) -> None:
+    key = _sign_with_unknown_critical_option(gateway, tmp_path)
+
+    _, events = attempt(gateway, "prod-web", key)
+
+    assert any("frobnicate@example.com" in e["details"]["reason"] for e in events), [
+        e["details"]["reason"] for e in events
+    ]
+
+
+def test_password_and_keyboard_interactive_are_not_offered(gateway: Server, tmp_path: Path) -> None:
+    # The server lists "publickey" as its only method: the client has nothing else to try.
+    argv = gateway.ssh_argv(
+        "prod-web",
+        keygen(tmp_path / "unused" / "id_ed25519"),
+        "true",
+        opts=["-v", "-o", "PreferredAuthentications=password,keyboard-interactive"],
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    assert result.returncode == 255
+    assert DENIED in result.stderr
+    assert "Authentications that can continue: publickey\n" in result.stderr
+    assert "No more authentication methods to try." in result.stderr
+
+
+# -- what a certificate allows once in --------------------------------------------------
+
+
+def test_no_pty_grant_refuses_a_terminal(gateway: Server) -> None:
+    grant = gateway.issue("prod-web", options=["--no-pty"])
+
+    refused = gateway.ssh("prod-web", grant.key, "tty", opts=["-tt"])
+    term = gateway.spawn_pty("prod-web", grant.key)
+    assert term.wait() == 255
+    plain = gateway.ssh("prod-web", grant.key, "echo no terminal needed")
+
+    assert (refused.returncode, refused.stdout) == (255, "")
+    assert "PTY allocation request failed" in refused.stderr
+    assert "PTY allocation request failed" in term.output
+    assert (plain.returncode, plain.stdout) == (0, "no terminal needed\n"), plain.stderr
+
+
+def test_force_command_is_honoured(gateway: Server) -> None:
+    grant = gateway.issue("prod-web", options=["--force-command", "echo forced; exit 3"])
+
+    results = [
+        gateway.ssh("prod-web", grant.key, "echo asked for this"),
+        gateway.ssh("prod-web", grant.key, "exit 7"),
+        gateway.ssh("prod-web", grant.key),  # a shell request
+    ]
+
+    for result in results:
+        assert (result.returncode, result.stdout) == (3, "forced\n"), result.stderr
+    records = gateway.ended_sessions(grant, count=3)
+    assert [r["command"] for r in records] == ["echo forced; exit 3"] * 3
+    assert {r["exit_status"] for r in records} == {3}
+
+
+def test_shell_request_waits_for_approval_where_configured(gateway: Server) -> None:
+    # `[targets.gated-web] shell_requires_approval = true` in the home's bastion.toml.
+    grant = gateway.issue("gated-web")
+    term = gateway.spawn_pty("gated-web", grant.key)
+
+    request = term.expect(r"\[bastion\] approval required \(request (a-[0-9a-f]+)\)")
+    assert "<interactive shell>" in term.output
+    decided = gateway.run_cli("approvals", "approve", request.group(1), actor="alice")
+    assert decided.returncode == 0, decided.stderr
+    term.expect(r"\[bastion\] approved by alice")
+    term.expect(r"\$ $")
+    term.type('echo "O""PEN"\r')
+    term.expect(r"OPEN\r\n")
+    term.type("exit\r")
+    assert term.wait() == 0
