@@ -211,8 +211,8 @@ def _ddl(t: str, f: _Fields, _: str) -> str | None:
     return f"DDL ({_kind(t, f)})"
 
 
-def _opaque(why: str) -> _Matcher:
-    return lambda t, f, kind: why
+def _always(label: str) -> _Matcher:
+    return lambda t, f, kind: label
 
 
 class _Rule(NamedTuple):
@@ -231,7 +231,7 @@ _RULES: dict[str, _Rule] = {
         ("drop",),
         _kind_of,
     ),
-    "truncate": _Rule(_names("TruncateStmt"), ("truncate",), _kind_of),
+    "truncate": _Rule(_names("TruncateStmt"), ("truncate",), _always("TRUNCATE")),
     "delete-without-where": _ANY_DELETE._replace(match=_without_where),
     "update-without-where": _ANY_UPDATE._replace(match=_without_where),
     "alter-drop": _Rule(
@@ -254,9 +254,9 @@ _RULES: dict[str, _Rule] = {
 }
 # Always on, whatever the rules. DO is found in the parse tree, not by keyword: "do" is in
 # too many words ("window", "double") for the keyword pre-check to skip much.
-_DO = _Rule(_names("DoStmt"), (), _opaque("DO block: can't see inside"))
+_DO = _Rule(_names("DoStmt"), (), _always("DO block: can't see inside"))
 _EXECUTE = _Rule(
-    _names("ExecuteStmt"), ("execute",), _opaque("EXECUTE: can't see the prepared statement")
+    _names("ExecuteStmt"), ("execute",), _always("EXECUTE: can't see the prepared statement")
 )
 
 DEFAULT_RULES: tuple[StatementRule, ...] = tuple(

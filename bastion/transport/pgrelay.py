@@ -117,6 +117,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._pending: deque[_Pending] = deque()
         self._statements: dict[str, str] = {}
         self._verdicts: dict[str, str] = {}
+        self._verdict_cache: dict[str, sqlclass.Allowed | sqlclass.NeedsApproval] = {}
         self._portals: dict[str, tuple[str, list[str | None]]] = {}
         self._client_writable = asyncio.Event()
         self._client_writable.set()
@@ -298,7 +299,13 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         message = pgwire.decode_frontend(frame)
         assert isinstance(message, pgwire.Query | pgwire.Parse)
         sql = message.sql if isinstance(message, pgwire.Query) else message.query
-        verdict = sqlclass.classify_sql(sql, self._rules)
+        verdict = self._verdict_cache.get(sql)
+        if verdict is None:
+            # Drivers send the same Parse text on every execute: classify it once.
+            verdict = sqlclass.classify_sql(sql, self._rules)
+            if len(self._verdict_cache) >= 256:
+                self._verdict_cache.clear()
+            self._verdict_cache[sql] = verdict
         if isinstance(verdict, sqlclass.NeedsApproval):
             self._flush(out)
             out.clear()

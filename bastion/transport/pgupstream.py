@@ -64,7 +64,10 @@ async def open_stream(
             asyncio.open_connection(target.host, target.port), timeout
         )
     except (OSError, TimeoutError) as exc:
-        reason = getattr(exc, "strerror", None) or "timed out"
+        if isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        else:
+            reason = getattr(exc, "strerror", None) or "timed out"
         raise PgUpstreamError(f"can't reach target {where}: {reason}") from None
     context = tls_context(target)
     if context is None:

@@ -72,7 +72,15 @@ async def connect(
             f"target {target.name} refused the bastion's login {target.user!r}"
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        reason = _reason(exc)
         raise UpstreamError(
             f"can't reach target {target.name} ({target.host}:{target.port}): {reason}"
         ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

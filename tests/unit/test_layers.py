@@ -21,7 +21,17 @@ LAYERS: list[set[str]] = [
     {"cli", "__main__"},
 ]
 # Pure modules: no I/O libraries at all.
-PURE = {"errors", "clock", "models", "timespec", "auditchain", "cmdpolicy", "policy", "access"}
+PURE = {
+    "errors",
+    "clock",
+    "models",
+    "timespec",
+    "auditchain",
+    "cmdpolicy",
+    "sqlclass",
+    "policy",
+    "access",
+}
 IO_MODULES = {"socket", "asyncio", "asyncssh", "sqlite3", "psycopg", "subprocess"}
 
 
