@@ -54,6 +54,7 @@ class Gateway:
         # The BackendKeyData each PostgreSQL relay gave its client -> that relay.
         self.pg_backends: dict[tuple[int, bytes], PgRelay] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._detached: set[asyncio.Task[Any]] = set()
         self._waiters: dict[str, asyncio.Future[Approval]] = {}
         self._server: Any = None
         self._watcher: asyncio.Task[None] | None = None
@@ -109,6 +110,12 @@ class Gateway:
                 conn.conn.abort()
         if self._flusher is not None:
             self._flusher.cancel()
+
+    def run_detached(self, coro: Any) -> None:
+        """Run a coroutine that must outlive the relay that started it (a cancel at close)."""
+        task = asyncio.ensure_future(coro)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
 
     async def _flush_recordings(self) -> None:
         """Write buffered recording frames at least every half second (crash durability)."""

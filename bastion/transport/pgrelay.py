@@ -86,11 +86,11 @@ class _Pending:
     saw_marker: bool = False
 
 
-def deny_statement(message: str) -> str:
-    """A DO block that makes the server itself raise `message` as SQLSTATE 42501."""
+def deny_statement(message: str, sqlstate: str = "42501") -> str:
+    """A DO block that makes the server itself raise `message` with `sqlstate`."""
     text = message.replace("'", "''").replace("$", "")
     return (
-        "DO $bastion$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = "
+        f"DO $bastion$ BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = "
         f"'{text}'; END $bastion$"
     )
 
@@ -118,6 +118,8 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._statements: dict[str, str] = {}
         self._verdicts: dict[str, str] = {}
         self._verdict_cache: dict[str, sqlclass.Allowed | sqlclass.NeedsApproval] = {}
+        self._client_cancel: asyncio.Event | None = None
+        self._replacement: bytes | None = None
         self._portals: dict[str, tuple[str, list[str | None]]] = {}
         self._client_writable = asyncio.Event()
         self._client_writable.set()
@@ -261,9 +263,9 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             assert not isinstance(frame, pgwire.Signal)
             kind = frame[0]
             if self._discard_until_sync:
-                if kind == b"S":
-                    self._discard_until_sync = False
-                continue
+                if kind != b"S":
+                    continue
+                self._discard_until_sync = False
             if kind in (b"Q", b"P") and self._gate(frame, out):
                 break
             if kind == b"B":
@@ -376,7 +378,24 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             )
         )
         self._log_event("approval requested", {"approval": approval.id, "sql": sql[:_SQL_LIMIT]})
-        decided = await self.gateway.wait_for_decision(approval, timeout)
+        waiting = asyncio.ensure_future(self.gateway.wait_for_decision(approval, timeout))
+        self._client_cancel = asyncio.Event()
+        cancelled = asyncio.ensure_future(self._client_cancel.wait())
+        try:
+            await asyncio.wait({waiting, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            waiting.cancel()  # the session ended while waiting: that expires the request
+            raise
+        finally:
+            cancelled.cancel()
+        if not waiting.done():
+            # psql's Ctrl-C while the statement waits: abandon it, as a cancel would.
+            decided = gate.expire_approval(approval, "cancelled by the client")
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        else:
+            decided = waiting.result()
         if self._ended:
             return
         if decided.state is ApprovalState.APPROVED:
@@ -388,25 +407,29 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             self._admit(message, sql, f"approved {approval.id} by {decided.decided_by}")
             self._flush([frame[1]])
         else:
+            sqlstate = "42501"
             if decided.state is ApprovalState.DENIED:
                 reason = f"denied by {decided.decided_by}: {decided.decision_reason}"
+            elif decided.decision_reason == "cancelled by the client":
+                reason, sqlstate = "canceling statement due to user request", "57014"
             else:
                 reason = f"approval timed out after {wait}"
             text = f"[bastion] statement refused ({approval.id}): {reason}"
             verdict = f"{decided.state.value} {approval.id}"
-            refusal = pgwire.encode(pgwire.Query(deny_statement(text)))
+            refusal = pgwire.encode(pgwire.Query(deny_statement(text, sqlstate)))
             if isinstance(message, pgwire.Query):
                 self._pending.append(
                     _Pending("denied-query", sql=sql, started=self._now(), verdict=verdict)
                 )
-                self._flush([refusal])
             else:
+                # The client's messages up to its Sync are dropped; its Sync is forwarded
+                # and answers the batch. The DO's own ReadyForQuery is swallowed (or, if the
+                # server was skipping to Sync after an earlier error, it ignores the DO).
                 self._discard_until_sync = True
                 self._pending.append(
                     _Pending("denied-batch", sql=sql, started=self._now(), verdict=verdict)
                 )
-                self._pending.append(_Pending("swallow"))
-                self._flush([refusal, pgwire.encode(pgwire.Sync())])
+            self._flush([refusal])
         self._holding = False
         self.chan.resume_reading()
         self._pump()
@@ -435,7 +458,8 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                         return
                     assert not isinstance(frame, pgwire.Signal)
                     if self._server_frame(frame):
-                        out.append(frame[1])
+                        out.append(self._replacement or frame[1])
+                    self._replacement = None
                 if out:
                     self._to_client(out)
                     await self._client_writable.wait()
@@ -475,6 +499,9 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                 entry.error = f"{message.sqlstate} {message.message}"
                 if entry.kind.startswith("denied") and message.message.startswith("[bastion]"):
                     entry.saw_marker = True
+                    # Our refusal: without the PL/pgSQL context of the DO that raised it.
+                    fields = {k: v for k, v in message.fields.items() if k in "SVCM"}
+                    self._replacement = pgwire.encode(pgwire.ErrorResponse(fields))
                 if entry.kind == "execute":
                     self._done(entry)
         elif kind == b"Z":
@@ -493,13 +520,14 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         if not self._pending:
             return True
         entry = self._pending.popleft()
-        if entry.kind == "swallow":
-            return False  # the answer to the Sync the relay added after a refused Parse
-        skipped_do = entry.kind == "denied-batch" and not entry.saw_marker
-        if skipped_do and self._pending and self._pending[0].kind == "swallow":
-            # The server skipped the DO (it was already skipping to Sync): this is the
-            # Sync's answer, the one the agent waits for; nothing left to swallow.
-            self._pending.popleft()
+        if entry.kind == "denied-batch":
+            self._write_log(entry)
+            if entry.saw_marker:
+                return False  # the DO's own answer; the client's Sync gets the next one
+            # The server skipped the DO: this answers the client's Sync.
+            if self._pending and self._pending[0].kind == "sync":
+                self._pending.popleft()
+            return True
         if entry.kind != "sync":
             self._write_log(entry)
         return True
@@ -542,6 +570,9 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     # -- the end ----------------------------------------------------------------------
 
     async def cancel_running(self) -> None:
+        if self._holding and self._client_cancel is not None:
+            self._client_cancel.set()
+            return
         if self._login is not None and self._login.backend_key is not None:
             await pgupstream.cancel(self.target, self._login.backend_key)
 
@@ -549,8 +580,9 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         """Forced close (expiry, revocation, kill, shutdown): say why, cancel, close."""
         if self._ended:
             return
-        if self._pending and self._login is not None:
-            self._spawn(self.cancel_running())
+        if self._pending and self._login is not None and not self._holding:
+            # Not one of the relay's own tasks: those are cancelled as it closes.
+            self.gateway.run_detached(self.cancel_running())
         self._fatal("57P01", f"[bastion] {message}", reason)
 
     def _fatal(self, sqlstate: str, message: str, reason: EndReason) -> None:

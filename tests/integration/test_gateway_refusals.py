@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-
 from bastion.clock import FixedClock
 from bastion.config import open_home
 from bastion.service import Bastion, GrantRequest
