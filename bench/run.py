@@ -1,0 +1,490 @@
+"""Bastion vs direct OpenSSH, side by side in one run: `python -m bench.run [--quick]`.
+
+Sets up a real sshd target (tests.peers.Sshd, login user bastion-t), a bastion home with
+an SSH target, a byte-relay forward target and a grant, and a `bastion serve` process;
+measures both paths with the stock OpenSSH client; prints a table and writes JSON with
+every raw number. Exits 0 when goals are missed (it is a measurement, not a test), 1
+when the setup or a measurement itself failed. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import metrics
+from bench.env import BINARY_FILE, REPO, TEXT_FILE, Procs, World
+
+M = 1_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_bytes: int  # size of each file `cat` through both paths
+    bulk_reps: int
+    forward_bytes: int
+    forward_reps: int
+    pg_bytes: int
+    pg_reps: int
+    setup_runs: int
+    keystrokes: int
+    idle_sessions: int
+    slow_bytes: int
+    expiry_sessions: int
+    expiry_ttl: str
+
+
+FULL = Settings(
+    data_bytes=200 * M,
+    bulk_reps=5,
+    forward_bytes=200 * M,
+    forward_reps=5,
+    pg_bytes=100 * M,
+    pg_reps=3,
+    setup_runs=20,
+    keystrokes=500,
+    idle_sessions=200,
+    slow_bytes=100 * M,
+    expiry_sessions=50,
+    expiry_ttl="20s",
+)
+QUICK = Settings(
+    data_bytes=32 * M,
+    bulk_reps=2,
+    forward_bytes=32 * M,
+    forward_reps=2,
+    pg_bytes=16 * M,
+    pg_reps=2,
+    setup_runs=5,
+    keystrokes=100,
+    idle_sessions=50,
+    slow_bytes=10 * M,
+    expiry_sessions=20,
+    expiry_ttl="6s",
+)
+
+# Goals (issue 3, "Performance").
+GOAL_BULK = 0.8
+GOAL_FORWARD = 0.7
+GOAL_SETUP = 1.5
+GOAL_KEYSTROKE_MS = 1.0
+GOAL_SESSION_MIB = 2.0
+GOAL_SLOW_MIB = 8.0  # "bounded": a few 2 MiB channel windows, not the transfer size
+GOAL_EXPIRY_MS = 100.0
+
+# Other processes using more than this share of all CPUs during the run: not a quiet machine.
+BUSY_SHARE = 0.1
+
+METRICS = (
+    "setup",
+    "keystroke",
+    "bulk_text",
+    "bulk_binary",
+    "forward",
+    "forward_pg",
+    "slow_upload",
+    "slow_download",
+    "idle_sessions",
+    "expiry",
+)
+
+
+def _measurements(world: World, procs: Procs, s: Settings) -> dict[str, Callable[[], Any]]:
+    return {
+        "setup": lambda: metrics.connection_setup(world, procs, s.setup_runs),
+        "keystroke": lambda: metrics.keystroke(world, procs, s.keystrokes),
+        "bulk_text": lambda: metrics.bulk_exec(world, procs, TEXT_FILE, s.data_bytes, s.bulk_reps),
+        "bulk_binary": lambda: metrics.bulk_exec(
+            world, procs, BINARY_FILE, s.data_bytes, s.bulk_reps
+        ),
+        "forward": lambda: metrics.forward(world, procs, s.forward_bytes, s.forward_reps),
+        "forward_pg": lambda: metrics.forward_pg(world, procs, s.pg_reps),
+        "slow_upload": lambda: metrics.slow_upload(world, procs, s.slow_bytes),
+        "slow_download": lambda: metrics.slow_download(world, procs, s.slow_bytes),
+        "idle_sessions": lambda: metrics.idle_sessions(world, procs, s.idle_sessions),
+        "expiry": lambda: metrics.expiry(world, procs, s.expiry_sessions, s.expiry_ttl),
+    }
+
+
+# -- the table -----------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    metric: str
+    direct: str
+    bastion: str
+    ratio: str
+    goal: str
+    result: str  # PASS, FAIL, info, ERROR
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
+    rows: list[Row] = []
+
+    def error_row(name: str, label: str) -> bool:
+        data = results.get(name)
+        if data is None:
+            return True  # not run (--only)
+        if "error" in data:
+            rows.append(Row(label, "-", "-", "-", "-", "ERROR"))
+            return True
+        return False
+
+    for name, label in (
+        ("bulk_text", f"bulk exec, base64 text, {s.data_bytes // M} MB (MB/s)"),
+        ("bulk_binary", f"bulk exec, binary, {s.data_bytes // M} MB (MB/s)"),
+        ("forward", f"-L forward, bytes, {s.forward_bytes // M} MB (MB/s)"),
+        ("forward_pg", f"-L forward, psql COPY ~{s.pg_bytes // M} MB (MB/s)"),
+    ):
+        if error_row(name, label):
+            continue
+        med = results[name]["median_mb_s"]
+        ratio = med["bastion"] / med["direct"]
+        goal = GOAL_FORWARD if name.startswith("forward") else GOAL_BULK
+        rows.append(
+            Row(
+                label,
+                _f(med["direct"]),
+                _f(med["bastion"]),
+                f"{ratio:.2f}x",
+                f">= {goal}x",
+                _verdict(ratio >= goal),
+            )
+        )
+        rows.append(
+            Row(
+                "  same, direct pinned to aes128-gcm",
+                _f(med["direct_aes_gcm"]),
+                _f(med["bastion"]),
+                f"{med['bastion'] / med['direct_aes_gcm']:.2f}x",
+                "-",
+                "info",
+            )
+        )
+
+    label = "connection setup, ssh true (ms, median)"
+    if not error_row("setup", label):
+        med = results["setup"]["median_ms"]
+        ratio = med["bastion"] / med["direct"]
+        rows.append(
+            Row(
+                label,
+                _f(med["direct"]),
+                _f(med["bastion"]),
+                f"{ratio:.2f}x",
+                f"<= {GOAL_SETUP}x",
+                _verdict(ratio <= GOAL_SETUP),
+            )
+        )
+        like = med["direct_curve25519"]
+        rows.append(
+            Row(
+                "  same, direct pinned to curve25519 kex",
+                _f(like),
+                _f(med["bastion"]),
+                f"{med['bastion'] / like:.2f}x",
+                "-",
+                "info",
+            )
+        )
+
+    label = "keystroke round trip, PTY (ms, p50)"
+    if not error_row("keystroke", label):
+        k = results["keystroke"]
+        p50, p99 = k["p50_ms"], k["p99_ms"]
+        over = p50["bastion"] - p50["direct"]
+        rows.append(
+            Row(
+                label,
+                _f(p50["direct"], 3),
+                _f(p50["bastion"], 3),
+                f"+{over:.3f} ms",
+                f"+<= {GOAL_KEYSTROKE_MS:g} ms",
+                _verdict(over <= GOAL_KEYSTROKE_MS),
+            )
+        )
+        rows.append(
+            Row(
+                "keystroke round trip, PTY (ms, p99)",
+                _f(p99["direct"], 3),
+                _f(p99["bastion"], 3),
+                f"+{p99['bastion'] - p99['direct']:.3f} ms",
+                "-",
+                "info",
+            )
+        )
+
+    label = f"{s.idle_sessions} idle shells: bastion RSS per session (MiB)"
+    if not error_row("idle_sessions", label):
+        per = results["idle_sessions"]["per_session_mib"]
+        rows.append(
+            Row(
+                label,
+                "-",
+                _f(per, 2),
+                "-",
+                f"<= {GOAL_SESSION_MIB:g} MiB",
+                _verdict(per <= GOAL_SESSION_MIB),
+            )
+        )
+
+    for name, label in (
+        ("slow_upload", f"slow reader, {s.slow_bytes // M} MB upload: max RSS growth (MiB)"),
+        ("slow_download", f"slow reader, {s.slow_bytes // M} MB download: max RSS growth (MiB)"),
+    ):
+        if error_row(name, label):
+            continue
+        growth = results[name]["max_growth_mib"]
+        rows.append(
+            Row(
+                label,
+                "-",
+                _f(growth, 1),
+                "-",
+                f"<= {GOAL_SLOW_MIB:g} MiB",
+                _verdict(growth <= GOAL_SLOW_MIB),
+            )
+        )
+
+    label = f"expiry, {s.expiry_sessions} sessions: exit - valid_before (ms, p50)"
+    if not error_row("expiry", label):
+        e = results["expiry"]
+        all_out = e["exited"] == e["sessions"]
+        rows.append(Row(label, "-", _f(e["p50_ms"]), "-", "-", "info"))
+        rows.append(
+            Row(
+                f"expiry, {s.expiry_sessions} sessions: exit - valid_before (ms, p99)",
+                "-",
+                _f(e["p99_ms"]),
+                "-",
+                f"<= {GOAL_EXPIRY_MS:g} ms",
+                _verdict(all_out and e["p99_ms"] <= GOAL_EXPIRY_MS),
+            )
+        )
+    return rows
+
+
+def render(rows: list[Row]) -> str:
+    header = Row("metric", "direct", "bastion", "ratio", "goal", "result")
+    table = [header, *rows]
+    widths = [max(len(getattr(r, f)) for r in table) for f in asdict(header)]
+    right = {"direct", "bastion", "ratio"}
+
+    def line(r: Row) -> str:
+        cells = []
+        for (field, value), width in zip(asdict(r).items(), widths, strict=True):
+            cells.append(value.rjust(width) if field in right else value.ljust(width))
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+# -- the run -------------------------------------------------------------------
+
+
+def _code() -> dict[str, Any]:
+    """Which bastion code was measured: HEAD and the files changed in the working tree."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+        )
+        return out.stdout
+
+    return {
+        "head": git("rev-parse", "HEAD").strip(),
+        "dirty": git("status", "--porcelain").splitlines(),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    ssh_v = subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False)
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "asyncssh": metadata.version("asyncssh"),
+        "openssh": ssh_v.stderr.strip(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def _cpu_accounts() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this run's processes).
+
+    The run's share is this process plus its reaped descendants (sshd reaps its sessions,
+    so after sshd is stopped they count too). The difference over the run is what other
+    processes took from the machine meanwhile.
+    """
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    mine = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        mine += usage.ru_utime + usage.ru_stime
+    return busy, mine
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (<1 min)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "results" / "latest.json",
+        help="JSON results file (default: bench/results/latest.json)",
+    )
+    parser.add_argument(
+        "--only", help=f"comma-separated subset of: {','.join(METRICS)}", default=""
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (for debugging)")
+    args = parser.parse_args(argv)
+    selected = [m for m in args.only.split(",") if m] or list(METRICS)
+    unknown = set(selected) - set(METRICS)
+    if unknown:
+        parser.error(f"unknown metric(s): {', '.join(sorted(unknown))}")
+    settings = QUICK if args.quick else FULL
+
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    busy0, mine0 = _cpu_accounts()
+    work = Path(tempfile.mkdtemp(prefix="bastion-bench-", dir="/tmp"))
+    procs = Procs()
+    world = World(work, procs)
+    results: dict[str, Any] = {}
+    report: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "settings": asdict(settings),
+        "machine": _machine(),
+        "code": _code(),
+        "metrics": results,
+    }
+    failed = False
+    try:
+        _log(f"work dir {work}; setting up sshd, data files, bastion home")
+        world.start_sshd(max(settings.data_bytes, settings.slow_bytes))
+        if "forward_pg" in selected:
+            world.start_postgres(settings.pg_bytes)
+        world.init_bastion()
+        world.start_bastion()
+        report["negotiated"] = {p: world.negotiated(p) for p in metrics.PATHS}
+        report["ports"] = {"sshd": world.sshd.port, "bastion_first": world.bastion_port}
+        _log(f"ready: sshd :{world.sshd.port}, bastion :{world.bastion_port}, "
+             f"negotiated {report['negotiated']}")  # fmt: skip
+        runners = _measurements(world, procs, settings)
+        for name in selected:
+            t0 = time.monotonic()
+            _log(f"measuring {name} ...")
+            try:
+                results[name] = runners[name]()
+            except Exception as exc:  # keep going: one broken metric must not hide the rest
+                failed = True
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                results[name]["traceback"] = traceback.format_exc()
+                _log(f"{name} FAILED: {exc}")
+            results.setdefault(name, {})["duration_s"] = round(time.monotonic() - t0, 2)
+            if world.bastion is not None and world.bastion.poll() is not None:
+                _log("bastion serve died; restarting it for the next metric")
+                world.start_bastion()
+    except Exception as exc:
+        failed = True
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        report["traceback"] = traceback.format_exc()
+        _log(f"setup FAILED: {exc}")
+    finally:
+        try:
+            procs.stop_all()
+        finally:
+            world.stop()
+            if args.keep:
+                _log(f"kept {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+
+    rows = build_rows(results, settings)
+    report["table"] = [asdict(r) for r in rows]
+    report["duration_s"] = round(time.monotonic() - started, 1)
+    report["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    busy1, mine1 = _cpu_accounts()
+    others = max(0.0, (busy1 - busy0) - (mine1 - mine0))
+    report["cpu_s"] = {
+        "machine_busy": round(busy1 - busy0, 1),
+        "this_run": round(mine1 - mine0, 1),
+        "other_processes": round(others, 1),
+        "other_share_of_machine": round(others / (report["duration_s"] * (os.cpu_count() or 1)), 3),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+    print()
+    machine = report["machine"]
+    print(
+        f"bastion vs direct OpenSSH ({report['mode']} run, {machine['cpus']} CPUs,"
+        f" {report['duration_s']} s; other processes used"
+        f" {report['cpu_s']['other_share_of_machine']:.0%} of the CPUs meanwhile)"
+    )
+    for path, algs in report.get("negotiated", {}).items():
+        print(f"{path}: stock client negotiates {algs['kex']}, {algs['cipher']}")
+    print(render(rows))
+    ceilings = [
+        f"{name} {results[name]['bastion_one_core_ceiling_mb_s']:.0f}"
+        for name in ("bulk_text", "bulk_binary", "forward", "forward_pg")
+        if "bastion_one_core_ceiling_mb_s" in results.get(name, {})
+    ]
+    if ceilings:
+        print(
+            "bastion's own ceiling, MB/s per full core (bytes / its CPU time, load-independent): "
+            + ", ".join(ceilings)
+        )
+    share = report["cpu_s"]["other_share_of_machine"]
+    if share >= BUSY_SHARE:
+        print(
+            f"warning: other processes used {share:.0%} of the machine's CPU during the run;"
+            " this hurts the bastion path (one more crypto-heavy process per byte) more than"
+            " the direct one"
+        )
+    print(f"\nraw numbers: {args.out}")
+    if "error" in report:
+        print(f"setup failed: {report['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
