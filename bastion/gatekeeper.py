@@ -255,6 +255,13 @@ class Gatekeeper:
             # The writer hashed what it wrote: no second read of a large file here.
             self._seal(session.id, RecordingState.CLOSED, "recording.closed", written)
 
+    def seal_recording(self, session: Session, written: tuple[str, int] | None) -> None:
+        """Seal a recording closed in the background (`written` None: its close failed)."""
+        if written is None:
+            self._seal(session.id, RecordingState.FAILED, "recording.closed")
+        else:
+            self._seal(session.id, RecordingState.CLOSED, "recording.closed", written)
+
     def recording_off(self, session: Session) -> None:
         with self.store.transaction() as tx:
             tx.append_audit(

@@ -149,6 +149,33 @@ class Recorder:
             os.close(self._fd)
         return self._sha.hexdigest(), self.size
 
+    def close_in_background(self, end: Mapping[str, Any]) -> Future[tuple[str, int]] | None:
+        """Like `close`, with the last write and the fsync on the executor's thread.
+
+        Returns a future of (sha256, size), or None without an executor (then call
+        `close`). Closing 50 sessions at one expiry must not wait for 50 fsyncs in turn.
+        """
+        if self._executor is None or self.closed:
+            return None
+        self._buffer += fmt.encode_json(fmt.END, self.elapsed(), end)
+        self.flush()  # RecordingFailed: the caller abandons the recorder
+        self.closed = True
+        return self._executor.submit(self._finalize)
+
+    def _finalize(self) -> tuple[str, int]:
+        try:
+            if self._error is not None:
+                raise RecordingFailed(self._error)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise RecordingFailed(
+                    f"closing recording {self.path} failed: {exc.strerror}"
+                ) from None
+            return self._sha.hexdigest(), self.size
+        finally:
+            os.close(self._fd)
+
     def abandon(self) -> None:
         """Close the file descriptor after a failure, keeping what was written."""
         if not self.closed:

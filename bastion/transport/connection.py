@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -293,10 +294,34 @@ class GatewayConnection(asyncssh.SSHServer):
             "exit_status": exit_status,
             "detail": detail,
         }
+        self.close_recording(relay.record, recorder, end)
+
+    def close_recording(self, record: Any, recorder: Recorder, end: dict[str, Any]) -> None:
+        """Close and seal a recording, the last write and fsync off the event loop."""
         try:
-            self.gate.finish_recording(relay.record, recorder, end)
+            pending = recorder.close_in_background(end)
+        except RecordingFailed:
+            recorder.abandon()
+            self.gate.seal_recording(record, None)
+            return
+        if pending is None:
+            try:
+                self.gate.finish_recording(record, recorder, end)
+            except Exception:
+                log.exception("could not seal the recording of session %s", record.id)
+            return
+        self.gateway.run_detached(self._seal_when_written(record, pending))
+
+    async def _seal_when_written(self, record: Any, pending: Future[tuple[str, int]]) -> None:
+        written: tuple[str, int] | None
+        try:
+            written = await asyncio.wrap_future(pending)
+        except RecordingFailed:
+            written = None
+        try:
+            self.gate.seal_recording(record, written)
         except Exception:
-            log.exception("could not seal the recording of session %s", relay.record.id)
+            log.exception("could not seal the recording of session %s", record.id)
 
     def recording_lost(self, relay: SessionRelay, reason: str, *, ended_session: bool) -> None:
         try:
@@ -445,10 +470,7 @@ class GatewayConnection(asyncssh.SSHServer):
                 "exit_status": None,
                 "detail": detail,
             }
-            try:
-                self.gate.finish_recording(relay.record, recorder, end)
-            except Exception:
-                log.exception("could not seal the recording of session %s", relay.record.id)
+            self.close_recording(relay.record, recorder, end)
         self.close_record(relay, reason, None, detail)
 
     def recording_lost_forward(self, relay: PgRelay, reason: str) -> None:

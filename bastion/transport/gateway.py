@@ -110,6 +110,8 @@ class Gateway:
                 conn.conn.abort()
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._detached:  # recordings still being sealed
+            await asyncio.wait(set(self._detached), timeout=10)
 
     def run_detached(self, coro: Any) -> None:
         """Run a coroutine that must outlive the relay that started it (a cancel at close)."""

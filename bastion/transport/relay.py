@@ -138,6 +138,8 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             up.close()
             return
         self.up = up
+        if self.pty is not None and self.pty[1] != options.get("term_size"):
+            up.change_terminal_size(*self.pty[1])  # resized while the channel was opening
         for chunk in self._pending:
             up.write(chunk)
         self._pending.clear()

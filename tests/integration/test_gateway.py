@@ -225,10 +225,19 @@ def test_pty_shell_terminal_type_size_resize_and_ctrl_c(gateway: Server, sshd: S
     term.expect(r"TERM=vt220\r\n")
     term.expect(r"SIZE=31 97\r\n")
 
-    mark = len(term.output)
     term.resize(40, 120)
-    term.type('echo "S""IZE=$(stty size)"\r')
-    term.expect(r"SIZE=40 120\r\n", since=mark)
+    # The ssh client sends the window change when it next handles SIGWINCH, which may
+    # come after keys typed at once (direct sshd has the same race): ask until it shows.
+    tries = 0
+    while tries < 20:
+        tries += 1
+        mark = len(term.output)
+        term.type('echo "S""IZE=$(stty size)"\r')
+        found = term.expect(r"SIZE=(\d+ \d+)\r\n", since=mark)
+        if found.group(1) == "40 120":
+            break
+        time.sleep(0.1)
+    assert found.group(1) == "40 120", f"no resize after {tries} tries"
 
     sleep = unique_sleep()
     term.type(f"{sleep}\r")
