@@ -720,6 +720,151 @@ def recordings_list(
     )
 
 
+@recordings.command("play")
+@click.argument("session_id", metavar="ID")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Playback speed.")
+@click.option("--idle-limit", type=float, help="Cap pauses at this many seconds.")
+@click.option("--from", "start", default="0s", help="Start this far in, e.g. 30s or 1m20s.")
+@pass_cli
+def recordings_play(
+    obj: CliContext, session_id: str, speed: float, idle_limit: float | None, start: str
+) -> None:
+    """Play a recording in this terminal: space pauses, `.` steps while paused, q quits."""
+    from bastion.recording.player import play
+
+    if speed <= 0:
+        raise InvalidInput("--speed must be positive")
+    path = _recording_path(obj, session_id)
+    keys = sys.stdin.fileno() if sys.stdin.isatty() else None
+    play(path, sys.stdout.buffer, speed, idle_limit, _offset(start), keys)
+
+
+@recordings.command("screen")
+@click.argument("session_id", metavar="ID")
+@click.option("--at", "at", default="end", show_default=True, help="A time (1m20s) or `end`.")
+@pass_cli
+def recordings_screen(obj: CliContext, session_id: str, at: str) -> None:
+    """Print the screen as it was at a moment of the session."""
+    from bastion.recording.render import screen_at
+
+    path = _recording_path(obj, session_id)
+    click.echo(screen_at(path, "end" if at == "end" else _offset(at)))
+
+
+@recordings.command("text")
+@click.argument("session_id", metavar="ID")
+@pass_cli
+def recordings_text(obj: CliContext, session_id: str) -> None:
+    """A grep-able transcript: what the screen showed and what was typed, with times."""
+    from bastion.recording.search import iter_text
+
+    path = _recording_path(obj, session_id)
+    out = sys.stdout
+    for chunk in iter_text(path):
+        out.write(chunk)
+    out.flush()
+
+
+@recordings.command("search")
+@click.argument("pattern")
+@click.option("--regex", is_flag=True, help="PATTERN is a regular expression.")
+@click.option("-i", "--ignore-case", is_flag=True)
+@click.option("--agent", help="Only this agent's sessions.")
+@click.option("--target", help="Only sessions on this target.")
+@click.option("--task", help="Only sessions of this task.")
+@click.option("--since", metavar="WHEN", help="A duration ago (2h, 7d) or an ISO 8601 time.")
+@json_option
+@pass_cli
+def recordings_search(
+    obj: CliContext,
+    pattern: str,
+    regex: bool,
+    ignore_case: bool,
+    agent: str | None,
+    target: str | None,
+    task: str | None,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """Find which session showed or typed PATTERN, and when."""
+    import re
+
+    from bastion.recording.search import format_seconds, search
+
+    when = parse_when(since, obj.clock.now()) if since else None
+    service = obj.bastion()
+    try:
+        sources = [
+            (str(path), recording.session_id)
+            for recording, path in service.readable_recordings(
+                agent=agent, target=target, task=task, since=when
+            )
+        ]
+    finally:
+        service.close()
+    try:
+        matches = search(sources, pattern, regex=regex, ignore_case=ignore_case)
+        if as_json:
+            click.echo(render.to_json([m.as_dict() for m in matches]))
+            return
+        found = 0
+        for match in matches:
+            found += 1
+            marker = "> " if match.kind == "input" else ""
+            click.echo(f"{match.session_id}  {format_seconds(match.seconds)}  {marker}{match.line}")
+    except re.error as exc:
+        raise InvalidInput(f"invalid --regex pattern {pattern!r}: {exc}") from None
+    if not found:
+        click.echo("no matches", err=True)
+
+
+@recordings.command("export")
+@click.argument("session_id", metavar="ID")
+@click.option(
+    "-o", "--output", "output", required=True, type=click.Path(path_type=Path, dir_okay=False)
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["asciicast-v2", "asciicast-v3", "raw", "text"]),
+    default="asciicast-v2",
+    show_default=True,
+)
+@pass_cli
+def recordings_export(obj: CliContext, session_id: str, output: Path, fmt: str) -> None:
+    """Write a recording as asciicast (for `asciinema play`), raw bytes or text."""
+    from bastion.recording.export import export_to
+
+    path = _recording_path(obj, session_id)
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        with tmp.open("wb") as out:
+            written = export_to(path, fmt, out)  # type: ignore[arg-type]
+        tmp.replace(output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InvalidInput(f"can't write {output}: {exc.strerror}") from None
+    click.echo(f"wrote {output} ({fmt}, {written} bytes)")
+
+
+def _recording_path(obj: CliContext, session_id: str) -> Path:
+    service = obj.bastion()
+    try:
+        return service.recording_file(session_id)
+    finally:
+        service.close()
+
+
+def _offset(text: str) -> float:
+    text = text.strip()
+    if text in ("0", "0s", ""):
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        return parse_duration(text).total_seconds()
+
+
 @recordings.command("verify")
 @click.argument("session_id", metavar="ID", required=False)
 @click.option("--all", "check_all", is_flag=True, help="Verify every recording.")

@@ -658,6 +658,21 @@ class Bastion:
             raise NotFound(f"recording file of {session_id} is missing: {path}")
         return path
 
+    def readable_recordings(
+        self,
+        agent: str | None = None,
+        target: str | None = None,
+        task: str | None = None,
+        since: datetime | None = None,
+    ) -> list[tuple[Recording, Path]]:
+        """Recordings whose files are there to read (not pruned, not lost), oldest first."""
+        found = []
+        for recording in self.list_recordings(agent=agent, target=target, task=task, since=since):
+            path = self.home.recordings_dir / recording.path
+            if recording.state is not RecordingState.PRUNED and path.is_file():
+                found.append((recording, path))
+        return found
+
     def verify_recording(self, session_id: str) -> RecordingCheck:
         """Recompute the file's SHA-256 and check it against the signed seal in the audit chain."""
         recording = self.get_recording(session_id)
@@ -704,7 +719,9 @@ class Bastion:
         if dry_run or not old:
             return old
         for recording in old:
-            (self.home.recordings_dir / recording.path).unlink(missing_ok=True)
+            path = self.home.recordings_dir / recording.path
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".idx").unlink(missing_ok=True)  # the replay cache
         with self.store.transaction() as tx:
             for recording in old:
                 tx.update_recording(recording.session_id, RecordingState.PRUNED)
