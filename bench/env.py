@@ -33,6 +33,8 @@ LOOPBACK = "127.0.0.1"
 
 # Names inside the bastion.
 SSH_TARGET = "prod-web"
+# The same sshd again, with `recording = "off"` in bastion.toml: recording on vs off.
+NOREC_TARGET = "prod-web-norec"
 # `-L` to an SSH-kind target is relayed as plain bytes to its registered address, so this
 # one points at the local byte source (bench.source), not at an SSH server. (A PostgreSQL
 # target gets the protocol-aware relay instead, which a byte source can't talk to.)
@@ -47,6 +49,7 @@ PG_PASSWORD_ENV = "BASTION_BENCH_PG_PASSWORD"
 TEXT_FILE = "bench-text.b64"
 BINARY_FILE = "bench-binary.bin"
 SLOW_READER = "bench_slow_reader.py"
+TERMGEN = "bench_termgen.py"  # a copy of bench/termgen.py
 
 _SLOW_READER_SRC = """\
 import sys, time
@@ -186,7 +189,8 @@ def write_data_files(home: Path, size: int, chunk: int = 1 << 20) -> None:
                 f.write(block)
                 left -= len(block)
     (home / SLOW_READER).write_text(_SLOW_READER_SRC)
-    for path in (text, binary, home / SLOW_READER):
+    (home / TERMGEN).write_text((Path(__file__).parent / "termgen.py").read_text())
+    for path in (text, binary, home / SLOW_READER, home / TERMGEN):
         path.chmod(0o644)
     # Read them once so that every measured run finds them in the page cache.
     for path in (text, binary):
@@ -213,6 +217,8 @@ class World:
         self.fwd_port = 0
         self.targets: list[str] = []
         self.pg: peers.Postgres | None = None
+        self.pgbench_scale = 0
+        self.cache: dict[str, Any] = {}  # things made once per run and shared by metrics
         self.pg_password = secrets.token_hex(16)
         self.known_direct = work / "known_hosts.direct"
         self.known_bastion = work / "known_hosts.bastion"
@@ -256,6 +262,20 @@ class World:
             db=PG_DB,
         )
 
+    def init_pgbench(self, scale: int) -> None:
+        """pgbench's tables at ``scale`` in the bench database, once, straight to the server
+        as the role (it owns the database): not through either path."""
+        assert self.pg is not None
+        if self.pgbench_scale == scale:
+            return
+        run(
+            [str(peers.PG_BIN / "pgbench"), "-i", "-q", "-s", str(scale),
+             "-h", LOOPBACK, "-p", str(self.pg.port), "-U", PG_ROLE, PG_DB],
+            env={**self.env, "PGPASSWORD": self.pg_password},
+            timeout=600,
+        )  # fmt: skip
+        self.pgbench_scale = scale
+
     def init_bastion(self) -> None:
         self.fwd_port = peers.free_port()  # where bench.source will listen
         self.bastion_cli("init")
@@ -263,9 +283,15 @@ class World:
         text, count = re.subn(r'(?m)^min_ttl = ".*"$', 'min_ttl = "2s"', config.read_text())
         if count != 1:
             raise RuntimeError(f"could not set [grants] min_ttl in {config}")
+        # Read by `bastion serve` when it starts: written before the first start.
+        text += f'\n[targets.{NOREC_TARGET}]\nrecording = "off"\n'
         config.write_text(text)
-        targets = [SSH_TARGET, RELAY_TARGET]
-        for name, port in ((SSH_TARGET, self.sshd.port), (RELAY_TARGET, self.fwd_port)):
+        targets = [SSH_TARGET, NOREC_TARGET, RELAY_TARGET]
+        for name, port in (
+            (SSH_TARGET, self.sshd.port),
+            (NOREC_TARGET, self.sshd.port),
+            (RELAY_TARGET, self.fwd_port),
+        ):
             self.bastion_cli(
                 "target", "add-ssh", name,
                 "--host", LOOPBACK, "--port", str(port),

@@ -195,17 +195,30 @@ def _summary(runs: dict[str, list[dict[str, float]]]) -> dict[str, float]:
     return {name: median([r["mb_s"] for r in rs]) for name, rs in runs.items()}
 
 
-def _ceiling(runs: dict[str, list[dict[str, float]]]) -> float:
+def _ceiling(runs: dict[str, list[dict[str, float]]], series: str = "bastion") -> float:
     """MB/s the bastion could relay with one full core: bytes over its CPU time per run.
 
     Unlike the wall-clock rate, this hardly depends on what else runs on the machine.
     """
-    return median([r["bytes"] / r["bastion_cpu_s"] / MB for r in runs["bastion"]])
+    return median([r["bytes"] / r["bastion_cpu_s"] / MB for r in runs[series]])
 
 
 def bulk_exec(world: World, procs: Procs, filename: str, size: int, reps: int) -> dict[str, Any]:
     """`ssh ... cat FILE`, bytes counted on the client: MB/s per series, ``reps`` runs each."""
-    series = _bulk_series(world, "cat", filename)
+    runs = bulk_runs(world, procs, _bulk_series(world, "cat", filename), size, reps)
+    return {
+        "file": filename,
+        "bytes": size,
+        "runs": runs,
+        "median_mb_s": _summary(runs),
+        "bastion_one_core_ceiling_mb_s": _ceiling(runs),
+    }
+
+
+def bulk_runs(
+    world: World, procs: Procs, series: dict[str, list[str]], size: int, reps: int
+) -> dict[str, list[dict[str, float]]]:
+    """Run each ssh argv of ``series`` ``reps`` times (rotated), reading its stdout to EOF."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in series}
     for order in _rotations(list(series), reps):
         for name in order:
@@ -236,13 +249,7 @@ def bulk_exec(world: World, procs: Procs, filename: str, size: int, reps: int) -
                     "bastion_cpu_s": cpu_seconds(world.bastion_pid) - cpu0,
                 }
             )
-    return {
-        "file": filename,
-        "bytes": size,
-        "runs": runs,
-        "median_mb_s": _summary(runs),
-        "bastion_one_core_ceiling_mb_s": _ceiling(runs),
-    }
+    return runs
 
 
 # -- 3: -L forward ---------------------------------------------------------------
@@ -290,14 +297,18 @@ def forward(world: World, procs: Procs, size: int, reps: int) -> dict[str, Any]:
 
 
 def _open_tunnels(
-    world: World, procs: Procs, target: str, dest_port: int
+    world: World,
+    procs: Procs,
+    target: str,
+    dest_port: int,
+    names: Sequence[str] = ("direct", "bastion", "direct_aes_gcm"),
 ) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, int]]:
     """`ssh -N -L` per series: direct (to 127.0.0.1:dest_port via sshd) or via the bastion."""
     tunnels: dict[str, subprocess.Popen[bytes]] = {}
     local: dict[str, int] = {}
     common = ["-N", "-o", "ExitOnForwardFailure=yes"]
     try:
-        for name in ("direct", "bastion", "direct_aes_gcm"):
+        for name in names:
             local[name] = peers.free_port()
             if name == "bastion":
                 spec = f"127.0.0.1:{local[name]}:{target}:{dest_port}"
@@ -324,6 +335,11 @@ def forward_pg(world: World, procs: Procs, reps: int) -> dict[str, Any]:
     the forward names the `pg` target; the bastion's PostgreSQL relay injects the role's
     credentials (psql sends none) and parses every frame on the way.
     """
+    return psql_copy(world, procs, f"COPY {PG_TABLE} TO STDOUT", reps)
+
+
+def psql_copy(world: World, procs: Procs, sql: str, reps: int) -> dict[str, Any]:
+    """`psql -c SQL` (a COPY ... TO STDOUT) through `ssh -N -L` per series (see forward_pg)."""
     assert world.pg is not None
     tunnels, local = _open_tunnels(world, procs, PG_TARGET, world.pg.port)
     psql = str(peers.PG_BIN / "psql")
@@ -343,7 +359,7 @@ def forward_pg(world: World, procs: Procs, reps: int) -> dict[str, Any]:
                 cpu0 = cpu_seconds(world.bastion_pid)
                 t0 = time.perf_counter()
                 proc = procs.popen(
-                    [psql, "-X", "-q", "-d", dsn, "-c", f"COPY {PG_TABLE} TO STDOUT"],
+                    [psql, "-X", "-q", "-d", dsn, "-c", sql],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -372,6 +388,7 @@ def forward_pg(world: World, procs: Procs, reps: int) -> dict[str, Any]:
     if len(sizes) != 1:
         raise RuntimeError(f"COPY output differs between paths: {sorted(sizes)} bytes")
     return {
+        "sql": sql,
         "bytes": sizes.pop(),
         "runs": runs,
         "median_mb_s": _summary(runs),

@@ -1,8 +1,10 @@
 """Bastion vs direct OpenSSH, side by side in one run: `python -m bench.run [--quick]`.
 
 Sets up a real sshd target (tests.peers.Sshd, login user bastion-t), a bastion home with
-an SSH target, a byte-relay forward target and a grant, and a `bastion serve` process;
-measures both paths with the stock OpenSSH client; prints a table and writes JSON with
+an SSH target, the same target unrecorded, a byte-relay forward target, a PostgreSQL
+target (tests.peers.Postgres, when a PostgreSQL metric runs) and a grant, and a `bastion
+serve` process; measures both paths with the stock OpenSSH client (and recording on vs
+off, reading recordings back, SQL classification); prints a table and writes JSON with
 every raw number. Exits 0 when goals are missed (it is a measurement, not a test), 1
 when the setup or a measurement itself failed. See bench/README.md.
 """
@@ -29,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import metrics
+from bench import metrics, pg_metrics, rec_metrics
 from bench.env import BINARY_FILE, REPO, TEXT_FILE, Procs, World
 
 M = 1_000_000
@@ -49,6 +51,19 @@ class Settings:
     slow_bytes: int
     expiry_sessions: int
     expiry_ttl: str
+    pty_bytes: int  # PTY variant of recording on/off
+    pty_reps: int
+    screen_bytes: int  # output of the PTY recording read back (screen_at, text_search)
+    screen_probes: int
+    screen_cli_probes: int
+    search_total_bytes: int  # recordings text and search go through
+    pgbench_seconds: int
+    pgbench_reps: int
+    pgbench_scale: int
+    pg_copy_rows: int  # 1001 bytes each
+    pg_copy_reps: int
+    classify_batches: int
+    classify_batch: int
 
 
 FULL = Settings(
@@ -64,6 +79,19 @@ FULL = Settings(
     slow_bytes=100 * M,
     expiry_sessions=50,
     expiry_ttl="20s",
+    pty_bytes=100 * M,
+    pty_reps=3,
+    screen_bytes=100 * M,
+    screen_probes=20,
+    screen_cli_probes=5,
+    search_total_bytes=1000 * M,
+    pgbench_seconds=20,
+    pgbench_reps=2,
+    pgbench_scale=10,
+    pg_copy_rows=200_000,
+    pg_copy_reps=3,
+    classify_batches=15,
+    classify_batch=200,
 )
 QUICK = Settings(
     data_bytes=32 * M,
@@ -78,6 +106,19 @@ QUICK = Settings(
     slow_bytes=10 * M,
     expiry_sessions=20,
     expiry_ttl="6s",
+    pty_bytes=16 * M,
+    pty_reps=2,
+    screen_bytes=10 * M,
+    screen_probes=10,
+    screen_cli_probes=3,
+    search_total_bytes=100 * M,
+    pgbench_seconds=5,
+    pgbench_reps=1,
+    pgbench_scale=1,
+    pg_copy_rows=32_000,
+    pg_copy_reps=2,
+    classify_batches=5,
+    classify_batch=100,
 )
 
 # Goals (issue 3, "Performance").
@@ -88,6 +129,11 @@ GOAL_KEYSTROKE_MS = 1.0
 GOAL_SESSION_MIB = 2.0
 GOAL_SLOW_MIB = 8.0  # "bounded": a few 2 MiB channel windows, not the transfer size
 GOAL_EXPIRY_MS = 100.0
+# Issue 4: recording on / off on the same path; `screen --at` once indexed.
+GOAL_RECORDING = 0.85
+GOAL_SCREEN_S = 0.3
+# Issue 5: bastion / direct `ssh -L` for pgbench -S TPS and COPY throughput.
+GOAL_PG = 0.8
 
 # Other processes using more than this share of all CPUs during the run: not a quiet machine.
 BUSY_SHARE = 0.1
@@ -103,7 +149,16 @@ METRICS = (
     "slow_download",
     "idle_sessions",
     "expiry",
+    "rec_bulk_text",
+    "rec_bulk_binary",
+    "rec_pty",
+    "screen_at",
+    "rec_text_search",
+    "pgbench",
+    "pg_copy",
+    "sql_classify",
 )
+PG_METRICS = {"forward_pg", "pgbench", "pg_copy"}
 
 
 def _measurements(world: World, procs: Procs, s: Settings) -> dict[str, Callable[[], Any]]:
@@ -120,6 +175,24 @@ def _measurements(world: World, procs: Procs, s: Settings) -> dict[str, Callable
         "slow_download": lambda: metrics.slow_download(world, procs, s.slow_bytes),
         "idle_sessions": lambda: metrics.idle_sessions(world, procs, s.idle_sessions),
         "expiry": lambda: metrics.expiry(world, procs, s.expiry_sessions, s.expiry_ttl),
+        "rec_bulk_text": lambda: rec_metrics.rec_bulk(
+            world, procs, TEXT_FILE, s.data_bytes, s.bulk_reps
+        ),
+        "rec_bulk_binary": lambda: rec_metrics.rec_bulk(
+            world, procs, BINARY_FILE, s.data_bytes, s.bulk_reps
+        ),
+        "rec_pty": lambda: rec_metrics.rec_pty(world, procs, s.pty_bytes, s.pty_reps),
+        "screen_at": lambda: rec_metrics.screen_at(
+            world, procs, s.screen_bytes, s.screen_probes, s.screen_cli_probes
+        ),
+        "rec_text_search": lambda: rec_metrics.text_search(
+            world, procs, s.screen_bytes, s.search_total_bytes
+        ),
+        "pgbench": lambda: pg_metrics.pgbench(
+            world, procs, s.pgbench_seconds, s.pgbench_reps, s.pgbench_scale
+        ),
+        "pg_copy": lambda: pg_metrics.pg_copy(world, procs, s.pg_copy_rows, s.pg_copy_reps),
+        "sql_classify": lambda: pg_metrics.sql_classify(s.classify_batches, s.classify_batch),
     }
 
 
@@ -287,6 +360,131 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
                 _verdict(all_out and e["p99_ms"] <= GOAL_EXPIRY_MS),
             )
         )
+
+    # Issue 4: recordings. In these rows "direct" is the bastion with recording off.
+    for name, label in (
+        ("rec_bulk_text", f"rec off|on: bulk exec, text, {s.data_bytes // M} MB (MB/s)"),
+        ("rec_bulk_binary", f"rec off|on: bulk exec, binary, {s.data_bytes // M} MB (MB/s)"),
+        ("rec_pty", f"rec off|on: PTY `ssh -tt` text, {s.pty_bytes // M} MB (MB/s)"),
+    ):
+        if error_row(name, label):
+            continue
+        med = results[name]["median_mb_s"]
+        ratio = results[name]["on_off_ratio"]
+        rows.append(
+            Row(
+                label,
+                _f(med[rec_metrics.OFF]),
+                _f(med["bastion"]),
+                f"{ratio:.2f}x",
+                f">= {GOAL_RECORDING}x",
+                _verdict(ratio >= GOAL_RECORDING),
+            )
+        )
+        if "direct" in med:
+            rows.append(
+                Row(
+                    "  same PTY path: direct vs bastion (rec on)",
+                    _f(med["direct"]),
+                    _f(med["bastion"]),
+                    f"{med['bastion'] / med['direct']:.2f}x",
+                    "-",
+                    "info",
+                )
+            )
+
+    label = f"screen_at, {s.screen_bytes // M} MB PTY recording: first call, builds index (s)"
+    if not error_row("screen_at", label):
+        sc = results["screen_at"]
+        rows.append(Row(label, "-", _f(sc["first_call_s"], 1), "-", "-", "info"))
+        for key, what in (("p50_s", "p50"), ("max_s", "max")):
+            rows.append(
+                Row(
+                    f"screen_at after indexing, {len(sc['samples_s'])} random times (s, {what})",
+                    "-",
+                    _f(sc[key], 3),
+                    "-",
+                    f"<= {GOAL_SCREEN_S:g} s",
+                    _verdict(sc[key] <= GOAL_SCREEN_S),
+                )
+            )
+        cli = sc["cli"]
+        cli_label = "`bastion recordings screen ID --at T`, end to end (s, p50)"
+        if not cli["available"]:
+            rows.append(Row(cli_label, "-", "n/a", "-", "-", "no CLI"))
+        elif "error" in cli:
+            rows.append(Row(cli_label, "-", "-", "-", "-", "ERROR"))
+        else:
+            rows.append(Row(cli_label, "-", _f(cli["p50_s"], 3), "-", "-", "info"))
+
+    label = "recordings text / search (MB/s of recording)"
+    if not error_row("rec_text_search", label):
+        ts = results["rec_text_search"]
+        for kind, what in (("pty", "PTY, indexed"), ("exec", "exec, no index")):
+            k = ts["kinds"][kind]
+            for op in ("text", "search_literal", "search_regex"):
+                rows.append(
+                    Row(
+                        f"{op.replace('_', ' ')}, {k['bytes'] // M} MB of {what} recordings (MB/s)",
+                        "-",
+                        _f(k[op]["mb_s"]),
+                        "-",
+                        "-",
+                        "info",
+                    )
+                )
+
+    # Issue 5: PostgreSQL.
+    label = f"pgbench -S -c 4 -j 2 -T {s.pgbench_seconds} (TPS, median)"
+    if not error_row("pgbench", label):
+        med = results["pgbench"]["median_tps"]
+        ratio = med["bastion"] / med["direct"]
+        rows.append(
+            Row(
+                label,
+                _f(med["direct"], 0),
+                _f(med["bastion"], 0),
+                f"{ratio:.2f}x",
+                f">= {GOAL_PG}x",
+                _verdict(ratio >= GOAL_PG),
+            )
+        )
+    label = f"psql COPY (SELECT ...) TO STDOUT, {s.pg_copy_rows * 1001 // M} MB (MB/s)"
+    if not error_row("pg_copy", label):
+        med = results["pg_copy"]["median_mb_s"]
+        ratio = med["bastion"] / med["direct"]
+        rows.append(
+            Row(
+                label,
+                _f(med["direct"]),
+                _f(med["bastion"]),
+                f"{ratio:.2f}x",
+                f">= {GOAL_PG}x",
+                _verdict(ratio >= GOAL_PG),
+            )
+        )
+        rows.append(
+            Row(
+                "  same, direct pinned to aes128-gcm",
+                _f(med["direct_aes_gcm"]),
+                _f(med["bastion"]),
+                f"{med['bastion'] / med['direct_aes_gcm']:.2f}x",
+                "-",
+                "info",
+            )
+        )
+    if not error_row("sql_classify", "parse + classify a statement (µs)"):
+        for what, st in results["sql_classify"]["statements"].items():
+            rows.append(
+                Row(
+                    f"wire decode + classify_sql: {what} (µs)",
+                    "-",
+                    _f(st["total_us"], 1),
+                    "-",
+                    "-",
+                    "info",
+                )
+            )
     return rows
 
 
@@ -363,7 +561,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (<1 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (~2 min)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -400,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _log(f"work dir {work}; setting up sshd, data files, bastion home")
         world.start_sshd(max(settings.data_bytes, settings.slow_bytes))
-        if "forward_pg" in selected:
+        if PG_METRICS.intersection(selected):
             world.start_postgres(settings.pg_bytes)
         world.init_bastion()
         world.start_bastion()
@@ -463,10 +661,17 @@ def main(argv: list[str] | None = None) -> int:
     for path, algs in report.get("negotiated", {}).items():
         print(f"{path}: stock client negotiates {algs['kex']}, {algs['cipher']}")
     print(render(rows))
+    if any(name.startswith("rec_") and name != "rec_text_search" for name in results):
+        print("rec off|on rows: the 'direct' column is the bastion with recording off")
     ceilings = [
         f"{name} {results[name]['bastion_one_core_ceiling_mb_s']:.0f}"
-        for name in ("bulk_text", "bulk_binary", "forward", "forward_pg")
+        for name in ("bulk_text", "bulk_binary", "forward", "forward_pg", "pg_copy")
         if "bastion_one_core_ceiling_mb_s" in results.get(name, {})
+    ]
+    ceilings += [
+        f"{name} rec off {c['recording_off']:.0f} / on {c['recording_on']:.0f}"
+        for name in ("rec_bulk_text", "rec_bulk_binary", "rec_pty")
+        if (c := results.get(name, {}).get("bastion_one_core_ceiling_mb_s"))
     ]
     if ceilings:
         print(

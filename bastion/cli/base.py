@@ -1,0 +1,131 @@
+"""The root `bastion` group, the context passed to every command, and `init`/`serve`.
+
+Commands are thin: they turn options into a service call and its result into text
+(or `--json`). Errors are `BastionError`s; the root group prints their one-line
+message as `bastion: error: ...` and exits with the code the error class carries.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from bastion.clock import Clock, SystemClock
+from bastion.config import Home, ca_passphrase, open_home
+from bastion.errors import BastionError
+from bastion.service import Bastion, initialize
+from bastion.timespec import parseparse_ttl
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ACTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+@dataclass
+class CliContext:
+    home_option: str | None
+    actor: str
+    clock: Clock
+
+    def home(self) -> Home:
+        return open_home(self.home_option)
+
+    def bastion(self) -> Bastion:
+        return Bastion.open(self.home(), self.clock, self.actor, ca_passphrase())
+
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+class BastionGroup(click.Group):
+    """Maps `BastionError` to a one-line message and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BastionError as exc:
+            click.echo(f"bastion: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"
+
+
+@click.group(cls=BastionGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    "home",
+    metavar="DIR",
+    help="Bastion home (default: $BASTION_HOME, else the current directory).",
+)
+@click.option(
+    "--as", "actor", metavar="NAME", help="Who is acting, for the audit trail (default: OS user)."
+)
+@click.version_option(package_name="bastion")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, actor: str | None) -> None:
+    """Just-in-time SSH and PostgreSQL access for agents, through one audited gateway."""
+    if actor is not None and not _ACTOR.fullmatch(actor):
+        raise click.BadParameter("use letters, digits, '.', '_', '@' or '-'", param_hint="--as")
+    ctx.obj = CliContext(home_option=home, actor=actor or _default_actor(), clock=SystemClock())
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def parse_ttl(value: str | None) -> Any:
+    return None if value is None else parseparse_ttl(value)
+
+
+# -- init ---------------------------------------------------------------------
+
+
+@cli.command()
+@pass_cli
+def init(obj: CliContext) -> None:
+    """Create the CA, host key, state store and default config (idempotent)."""
+    report = initialize(obj.home(), obj.clock, obj.actor, ca_passphrase())
+    click.echo(f"bastion home: {report.home}")
+    for item in report.created:
+        click.echo(f"  created {item}")
+    for item in report.kept:
+        click.echo(f"  kept    {item}")
+    click.echo(f"CA public key (for sshd TrustedUserCAKeys): {report.ca_public_line}")
+    click.echo(f"host key (for clients' known_hosts):       {report.host_public_line}")
+
+
+@cli.command()
+@click.option("--listen", metavar="HOST:PORT", help="Override server.listen from bastion.toml.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@pass_cli
+def serve(obj: CliContext, listen: str | None, log_level: str) -> None:
+    """Run the SSH gateway (runs `init` first on a fresh home)."""
+    import asyncio
+    import logging
+
+    from bastion.daemon import serve as run_gateway
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    asyncio.run(run_gateway(obj.home(), obj.clock, obj.actor, listen))

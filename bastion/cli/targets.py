@@ -1,0 +1,186 @@
+"""`bastion target ...`: the hosts and databases agents may reach."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from bastion import render
+from bastion.cli.base import CliContext, parse_ttl, cli, json_option, pass_cli  # noqa: F401
+from bastion.errors import InvalidInput
+from bastion.models import SslMode, Target
+
+# -- targets ------------------------------------------------------------------
+
+
+@cli.group()
+def target() -> None:
+    """Register the hosts and databases agents may reach."""
+
+
+@target.command("add-ssh")
+@click.argument("name")
+@click.option("--host", required=True, help="Target host name or address.")
+@click.option("--port", type=int, default=22, show_default=True)
+@click.option("--user", required=True, help="Least-privilege login the bastion uses upstream.")
+@click.option(
+    "--identity",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Private key of that login (copied into the store, never shown again).",
+)
+@click.option(
+    "--host-key",
+    required=True,
+    metavar="PUBKEY",
+    help="The target's host key, pinned: an OpenSSH public key line or a .pub file.",
+)
+@json_option
+@pass_cli
+def target_add_ssh(
+    obj: CliContext,
+    name: str,
+    host: str,
+    port: int,
+    user: str,
+    identity: Path,
+    host_key: str,
+    as_json: bool,
+) -> None:
+    """Add an SSH target."""
+    service = obj.bastion()
+    try:
+        added = service.add_ssh_target(name, host, port, user, identity, host_key)
+    finally:
+        service.close()
+    _show_target(added, as_json, verb="added")
+
+
+@target.command("add-postgres")
+@click.argument("name")
+@click.option("--host", required=True)
+@click.option("--port", type=int, default=5432, show_default=True)
+@click.option("--database", required=True, help="Database the bastion connects to.")
+@click.option("--user", required=True, help="Least-privilege role the bastion logs in as.")
+@click.option(
+    "--password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding the role's password.",
+)
+@click.option("--password-env", metavar="VAR", help="Environment variable holding the password.")
+@click.option(
+    "--sslmode",
+    type=click.Choice([m.value for m in SslMode]),
+    default=SslMode.DISABLE.value,
+    show_default=True,
+)
+@click.option(
+    "--sslrootcert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CA certificate to verify the server with (verify-full).",
+)
+@json_option
+@pass_cli
+def target_add_postgres(
+    obj: CliContext,
+    name: str,
+    host: str,
+    port: int,
+    database: str,
+    user: str,
+    password_file: Path | None,
+    password_env: str | None,
+    sslmode: str,
+    sslrootcert: Path | None,
+    as_json: bool,
+) -> None:
+    """Add a PostgreSQL target; the bastion injects its credentials."""
+    password = _read_password(password_file, password_env)
+    service = obj.bastion()
+    try:
+        added = service.add_postgres_target(
+            name, host, port, database, user, password, SslMode(sslmode), sslrootcert
+        )
+    finally:
+        service.close()
+    _show_target(added, as_json, verb="added")
+
+
+def _read_password(password_file: Path | None, password_env: str | None) -> str:
+    if (password_file is None) == (password_env is None):
+        raise InvalidInput("give exactly one of --password-file or --password-env")
+    if password_file is not None:
+        try:
+            text = password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise InvalidInput(f"can't read --password-file {password_file}: {reason}") from None
+        return text.rstrip("\r\n")
+    assert password_env is not None
+    value = os.environ.get(password_env)
+    if value is None:
+        raise InvalidInput(f"--password-env {password_env}: the variable is not set")
+    return value
+
+
+@target.command("list")
+@json_option
+@pass_cli
+def target_list(obj: CliContext, as_json: bool) -> None:
+    """List targets."""
+    service = obj.bastion()
+    try:
+        targets = service.list_targets()
+    finally:
+        service.close()
+    if as_json:
+        click.echo(render.to_json([t.public_dict() for t in targets]))
+        return
+    if not targets:
+        click.echo("no targets (add one with `bastion target add-ssh` or `add-postgres`)")
+        return
+    rows = [
+        (t.name, t.kind.value, f"{t.host}:{t.port}", t.user, t.database or "", t.created_by)
+        for t in targets
+    ]
+    click.echo(render.table(["NAME", "KIND", "ADDRESS", "LOGIN", "DATABASE", "ADDED BY"], rows))
+
+
+@target.command("show")
+@click.argument("name")
+@json_option
+@pass_cli
+def target_show(obj: CliContext, name: str, as_json: bool) -> None:
+    """Show one target (never its secret)."""
+    service = obj.bastion()
+    try:
+        found = service.get_target(name)
+    finally:
+        service.close()
+    _show_target(found, as_json)
+
+
+@target.command("remove")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Remove even if active grants name it.")
+@pass_cli
+def target_remove(obj: CliContext, name: str, force: bool) -> None:
+    """Remove a target and its stored credential."""
+    service = obj.bastion()
+    try:
+        service.remove_target(name, force=force)
+    finally:
+        service.close()
+    click.echo(f"removed target {name}")
+
+
+def _show_target(t: Target, as_json: bool, verb: str | None = None) -> None:
+    if as_json:
+        click.echo(render.to_json(t.public_dict()))
+        return
+    if verb:
+        click.echo(f"{verb} {t.kind.value} target {t.name}")
+    pairs: list[tuple[str, object]] = [(k, v) for k, v in t.public_dict().items() if v is not None]
+    click.echo(render.fields(pairs))
