@@ -21,7 +21,7 @@ from bastion.clock import Clock, SystemClock
 from bastion.config import Home, ca_passphrase, open_home
 from bastion.errors import BastionError
 from bastion.service import Bastion, initialize
-from bastion.timespec import parseparse_ttl
+from bastion.timespec import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,7 +86,7 @@ def json_option(func: F) -> F:
 
 
 def parse_ttl(value: str | None) -> Any:
-    return None if value is None else parseparse_ttl(value)
+    return None if value is None else parse_duration(value)
 
 
 # -- init ---------------------------------------------------------------------

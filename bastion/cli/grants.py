@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, parse_ttl, cli, json_option, pass_cli
+from bastion.cli.base import CliContext, cli, json_option, parse_ttl, pass_cli
 from bastion.models import Grant
 from bastion.service import GrantRequest
-from bastion.timespec import formatparse_ttl, format_time
+from bastion.timespec import format_duration, format_time
 
 # -- grants -------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ def _time_left(g: Grant, now: Any) -> str:
     left = g.valid_before - now
     if g.revocation is not None or left.total_seconds() <= 0:
         return "-"
-    return formatparse_ttl(left)
+    return format_duration(left)
 
 
 @grant.command("show")

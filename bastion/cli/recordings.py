@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, parse_ttl, cli, json_option, pass_cli  # noqa: F401
+from bastion.cli.base import CliContext, cli, json_option, pass_cli
 from bastion.errors import InvalidInput, VerificationFailed
-from bastion.timespec import format_time, parseparse_ttl, parse_when
+from bastion.timespec import format_time, parse_duration, parse_when
 
 # -- recordings ---------------------------------------------------------------
 
@@ -210,7 +210,7 @@ def _offset(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        return parseparse_ttl(text).total_seconds()
+        return parse_duration(text).total_seconds()
 
 
 @recordings.command("verify")
@@ -254,7 +254,7 @@ def recordings_verify(
 @pass_cli
 def recordings_prune(obj: CliContext, older_than: str, dry_run: bool) -> None:
     """Delete recordings of sessions that ended longer ago than --older-than (audited)."""
-    age = parseparse_ttl(older_than)
+    age = parse_duration(older_than)
     service = obj.bastion()
     try:
         pruned = service.prune_recordings(age, dry_run=dry_run)

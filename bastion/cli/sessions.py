@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, parse_ttl, cli, json_option, pass_cli  # noqa: F401
+from bastion.cli.base import CliContext, cli, json_option, pass_cli
 from bastion.timespec import format_time
 
 # -- sessions -----------------------------------------------------------------

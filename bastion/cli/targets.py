@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, parse_ttl, cli, json_option, pass_cli  # noqa: F401
+from bastion.cli.base import CliContext, cli, json_option, pass_cli
 from bastion.errors import InvalidInput
 from bastion.models import SslMode, Target
 
