@@ -256,24 +256,10 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.recording_mode == "off":
             self.gate.recording_off(session)
             raise RecordingOff(session.id)
-        term_type, term_size = None, None
+        header = recording_header(session, session.kind.value)
         if relay.pty is not None:
             term_type, size = relay.pty[0], relay.pty[1]
-            term_size = [size[0], size[1]]
-        header: dict[str, object] = {
-            "session": session.id,
-            "agent": session.agent,
-            "grant": session.grant_id,
-            "task": session.task,
-            "target": session.target,
-            "client": session.client,
-            "kind": session.kind.value,
-            "command": session.command,
-            "term_type": term_type,
-            "term_size": term_size,
-            "pty": relay.pty is not None,
-            "started_at": session.started_at.isoformat(),
-        }
+            header.update(term_type=term_type, term_size=[size[0], size[1]], pty=True)
         recorder = self.gate.start_recording(session, header)
         self.gateway.recorders.add(relay)
         return recorder
@@ -436,22 +422,8 @@ class GatewayConnection(asyncssh.SSHServer):
         if mode == "off":
             self.gate.recording_off(record)
             return None
-        header: dict[str, object] = {
-            "session": record.id,
-            "agent": record.agent,
-            "grant": record.grant_id,
-            "task": record.task,
-            "target": record.target,
-            "client": record.client,
-            "kind": "postgres",
-            "command": record.command,
-            "term_type": None,
-            "term_size": None,
-            "pty": False,
-            "started_at": record.started_at.isoformat(),
-        }
         try:
-            return self.gate.start_recording(record, header)
+            return self.gate.start_recording(record, recording_header(record, "postgres"))
         except RecordingFailed as exc:
             if mode == "mandatory":
                 self.gate.close_session(record, EndReason.RECORDING_FAILED, detail=str(exc))
@@ -488,3 +460,21 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # no remote forwards (-R) through the bastion
+
+
+def recording_header(session: Any, kind: str) -> dict[str, object]:
+    """The metadata at the head of a recording (a PTY session adds its terminal)."""
+    return {
+        "session": session.id,
+        "agent": session.agent,
+        "grant": session.grant_id,
+        "task": session.task,
+        "target": session.target,
+        "client": session.client,
+        "kind": kind,
+        "command": session.command,
+        "term_type": None,
+        "term_size": None,
+        "pty": False,
+        "started_at": session.started_at.isoformat(),
+    }
