@@ -246,21 +246,33 @@ class Gatekeeper:
         self, session: Session, recorder: Recorder, end: Mapping[str, object]
     ) -> None:
         """Close the file and seal its hash into the audit chain."""
-        try:
-            written = recorder.close(end)
-        except RecordingFailed:
-            recorder.abandon()
-            self._seal(session.id, RecordingState.FAILED, "recording.closed")
-        else:
-            # The writer hashed what it wrote: no second read of a large file here.
-            self._seal(session.id, RecordingState.CLOSED, "recording.closed", written)
+        if recorder.failed is None:
+            try:
+                written = recorder.close(end)
+            except RecordingFailed:
+                pass
+            else:
+                # The writer hashed what it wrote: no second read of a large file here.
+                self._seal(session.id, RecordingState.CLOSED, "recording.closed", written)
+                return
+        self.seal_failed(session, recorder)
 
-    def seal_recording(self, session: Session, written: tuple[str, int] | None) -> None:
+    def seal_recording(
+        self, session: Session, recorder: Recorder, written: tuple[str, int] | None
+    ) -> None:
         """Seal a recording closed in the background (`written` None: its close failed)."""
         if written is None:
-            self._seal(session.id, RecordingState.FAILED, "recording.closed")
+            self.seal_failed(session, recorder)
         else:
             self._seal(session.id, RecordingState.CLOSED, "recording.closed", written)
+
+    def seal_failed(self, session: Session, recorder: Recorder) -> None:
+        """A recording whose writing failed: audit the loss, seal what reached the file."""
+        recorder.abandon()
+        if not recorder.loss_reported:
+            recorder.loss_reported = True
+            self.recording_lost(session, recorder.failed or "closing failed", False)
+        self._seal(session.id, RecordingState.FAILED, "recording.closed", recorder.written())
 
     def recording_off(self, session: Session) -> None:
         with self.store.transaction() as tx:

@@ -54,6 +54,7 @@ class Recorder:
         self._last: Future[None] | None = None
         self._inflight: list[Future[None]] = []
         self._error: str | None = None
+        self.loss_reported = False  # the failure was audited by whoever noticed it
         self._start = clock.monotonic()
         self._buffer = bytearray()
         self._sha = hashlib.sha256()
@@ -64,9 +65,13 @@ class Recorder:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         except OSError as exc:
             raise RecordingFailed(f"can't create recording {path}: {exc.strerror}") from None
-        self._buffer += fmt.MAGIC
-        self._buffer += fmt.encode_json(fmt.HEADER, 0.0, header)
-        self.flush()
+        # The header is written here, on this thread: a recording that can't be written
+        # (a full disk) must refuse the session before it starts, not after.
+        self._write(fmt.MAGIC + fmt.encode_json(fmt.HEADER, 0.0, header))
+        if self._error is not None:
+            os.close(self._fd)
+            self.closed = True
+            raise RecordingFailed(self._error)
 
     def elapsed(self) -> float:
         return max(0.0, self._clock.monotonic() - self._start)
@@ -116,16 +121,16 @@ class Recorder:
         """Write and hash one chunk; runs on the executor's thread when there is one."""
         if self._error is not None:
             return
+        view = memoryview(data)
         try:
-            view = memoryview(data)
             while view:
                 written = os.write(self._fd, view)
+                # Hash what reached the file, so a partly written chunk is sealed as it is.
+                self._sha.update(view[:written])
+                self.size += written
                 view = view[written:]
         except OSError as exc:
             self._error = f"writing recording {self.path} failed: {exc.strerror}"
-            return
-        self._sha.update(data)
-        self.size += len(data)
 
     def _drain(self) -> None:
         if self._last is not None:
@@ -147,6 +152,15 @@ class Recorder:
         finally:
             self.closed = True
             os.close(self._fd)
+        return self._sha.hexdigest(), self.size
+
+    @property
+    def failed(self) -> str | None:
+        """Why writing failed, or None."""
+        return self._error
+
+    def written(self) -> tuple[str, int]:
+        """SHA-256 and size of what is in the file (after `abandon` or `close`)."""
         return self._sha.hexdigest(), self.size
 
     def close_in_background(self, end: Mapping[str, Any]) -> Future[tuple[str, int]] | None:

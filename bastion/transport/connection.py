@@ -287,8 +287,7 @@ class GatewayConnection(asyncssh.SSHServer):
         try:
             pending = recorder.close_in_background(end)
         except RecordingFailed:
-            recorder.abandon()
-            self.gate.seal_recording(record, None)
+            self.gate.seal_failed(record, recorder)
             return
         if pending is None:
             try:
@@ -296,16 +295,18 @@ class GatewayConnection(asyncssh.SSHServer):
             except Exception:
                 log.exception("could not seal the recording of session %s", record.id)
             return
-        self.gateway.run_detached(self._seal_when_written(record, pending))
+        self.gateway.run_detached(self._seal_when_written(record, recorder, pending))
 
-    async def _seal_when_written(self, record: Any, pending: Future[tuple[str, int]]) -> None:
+    async def _seal_when_written(
+        self, record: Any, recorder: Recorder, pending: Future[tuple[str, int]]
+    ) -> None:
         written: tuple[str, int] | None
         try:
             written = await asyncio.wrap_future(pending)
         except RecordingFailed:
             written = None
         try:
-            self.gate.seal_recording(record, written)
+            self.gate.seal_recording(record, recorder, written)
         except Exception:
             log.exception("could not seal the recording of session %s", record.id)
 
@@ -450,8 +451,8 @@ class GatewayConnection(asyncssh.SSHServer):
         mandatory = self.recording_mode_of(relay.target.name) == "mandatory"
         self.gate.recording_lost(relay.record, reason, mandatory)
         if recorder is not None:
-            recorder.abandon()
-            self.gate.finish_recording(relay.record, recorder, {"end_reason": "recording-failed"})
+            recorder.loss_reported = True
+            self.gate.seal_failed(relay.record, recorder)
         if mandatory:
             relay.fail(EndReason.RECORDING_FAILED, f"{reason} - session closed")
 

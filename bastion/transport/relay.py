@@ -160,6 +160,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
     def recording_failed(self, reason: str) -> None:
         recorder, self.recorder = self.recorder, None
         if recorder is not None:
+            recorder.loss_reported = True  # audited just below
             recorder.abandon()
             self.conn.finish_recording(self, recorder)
         if self.conn.recording_mandatory:
