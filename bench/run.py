@@ -297,7 +297,7 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
                 label,
                 _f(p50["direct"], 3),
                 _f(p50["bastion"], 3),
-                f"+{over:.3f} ms",
+                f"{over:+.3f} ms",
                 f"+<= {GOAL_KEYSTROKE_MS:g} ms",
                 _verdict(over <= GOAL_KEYSTROKE_MS),
             )
@@ -307,7 +307,7 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
                 "keystroke round trip, PTY (ms, p99)",
                 _f(p99["direct"], 3),
                 _f(p99["bastion"], 3),
-                f"+{p99['bastion'] - p99['direct']:.3f} ms",
+                f"{p99['bastion'] - p99['direct']:+.3f} ms",
                 "-",
                 "info",
             )
@@ -381,6 +381,10 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
                 _verdict(ratio >= GOAL_RECORDING),
             )
         )
+        ceiling = results[name]["bastion_one_core_ceiling_mb_s"]
+        off, on = ceiling["recording_off"], ceiling["recording_on"]
+        label = "  same, bastion's one-core ceiling (MB/s per CPU s)"
+        rows.append(Row(label, _f(off), _f(on), f"{on / off:.2f}x", "-", "info"))
         if "direct" in med:
             rows.append(
                 Row(
@@ -416,6 +420,16 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
             rows.append(Row(cli_label, "-", "-", "-", "-", "ERROR"))
         else:
             rows.append(Row(cli_label, "-", _f(cli["p50_s"], 3), "-", "-", "info"))
+            rows.append(
+                Row(
+                    "  of which start-up: `bastion recordings screen --help` (s)",
+                    "-",
+                    _f(cli["startup_floor_s"], 3),
+                    "-",
+                    "-",
+                    "info",
+                )
+            )
 
     label = "recordings text / search (MB/s of recording)"
     if not error_row("rec_text_search", label):
@@ -667,11 +681,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{name} {results[name]['bastion_one_core_ceiling_mb_s']:.0f}"
         for name in ("bulk_text", "bulk_binary", "forward", "forward_pg", "pg_copy")
         if "bastion_one_core_ceiling_mb_s" in results.get(name, {})
-    ]
-    ceilings += [
-        f"{name} rec off {c['recording_off']:.0f} / on {c['recording_on']:.0f}"
-        for name in ("rec_bulk_text", "rec_bulk_binary", "rec_pty")
-        if (c := results.get(name, {}).get("bastion_one_core_ceiling_mb_s"))
     ]
     if ceilings:
         print(
