@@ -252,7 +252,6 @@ class Gatekeeper:
             except RecordingFailed:
                 pass
             else:
-                # The writer hashed what it wrote: no second read of a large file here.
                 self._seal(session.id, RecordingState.CLOSED, "recording.closed", written)
                 return
         self.seal_failed(session, recorder)

@@ -58,6 +58,11 @@ class Frame:
         return value
 
 
+def frame_header(kind: bytes, time: float, length: int) -> bytes:
+    """The 13 bytes before a payload of `length` bytes (the writer appends the payload)."""
+    return _HEADER.pack(kind, time, length)
+
+
 def encode(kind: bytes, time: float, payload: bytes) -> bytes:
     """One frame; payloads over MAX_PAYLOAD must be split by the caller."""
     return _HEADER.pack(kind, time, len(payload)) + payload
