@@ -9,11 +9,27 @@ from pathlib import Path
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, cli, json_option, pass_cli
+from bastion.cli.base import CliContext, F, cli, json_option, pass_cli
 from bastion.errors import InvalidInput, VerificationFailed
 from bastion.timespec import format_time, parse_duration, parse_when
 
 # -- recordings ---------------------------------------------------------------
+
+
+def recording_filters(func: F) -> F:
+    """--agent, --target, --task and --since, as `recordings list` and `search` take them."""
+    for option in reversed(
+        [
+            click.option("--agent", help="Only this agent's sessions."),
+            click.option("--target", help="Only sessions on this target."),
+            click.option("--task", help="Only sessions of this task."),
+            click.option(
+                "--since", metavar="WHEN", help="A duration ago (2h, 7d) or an ISO 8601 time."
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
 
 
 @cli.group()
@@ -22,10 +38,7 @@ def recordings() -> None:
 
 
 @recordings.command("list")
-@click.option("--agent", help="Only this agent's sessions.")
-@click.option("--target", help="Only sessions on this target.")
-@click.option("--task", help="Only sessions of this task.")
-@click.option("--since", metavar="WHEN", help="A duration ago (2h, 7d) or an ISO 8601 time.")
+@recording_filters
 @json_option
 @pass_cli
 def recordings_list(
@@ -118,10 +131,7 @@ def recordings_text(obj: CliContext, session_id: str) -> None:
 @click.argument("pattern")
 @click.option("--regex", is_flag=True, help="PATTERN is a regular expression.")
 @click.option("-i", "--ignore-case", is_flag=True)
-@click.option("--agent", help="Only this agent's sessions.")
-@click.option("--target", help="Only sessions on this target.")
-@click.option("--task", help="Only sessions of this task.")
-@click.option("--since", metavar="WHEN", help="A duration ago (2h, 7d) or an ISO 8601 time.")
+@recording_filters
 @json_option
 @pass_cli
 def recordings_search(
