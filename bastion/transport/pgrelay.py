@@ -17,10 +17,10 @@ Refused, the relay makes the *server* raise the error: it sends, instead of the
 statement, a `DO` block that raises SQLSTATE 42501 with the reason. The server then
 answers ErrorResponse and ReadyForQuery with the transaction status it really has (an
 open transaction becomes aborted), so the agent's session and the server stay in step.
-For a refused Parse the client's messages up to its Sync are dropped and the relay sends
-the DO as a Query followed by a Sync; exactly one ReadyForQuery reaches the agent (if the
-server was already skipping to Sync after an earlier error, the DO is skipped too and the
-Sync's ReadyForQuery is the agent's; otherwise the Sync's is swallowed).
+For a refused Parse the client's messages before its Sync are dropped, the relay sends
+the DO as a Query, and the client's own Sync is forwarded: the DO's ReadyForQuery is
+swallowed and the Sync's answers the batch (if the server was already skipping to Sync
+after an earlier error, it skips the DO too, and nothing needs swallowing).
 
 Responses are tracked in a queue of pending statements (a simple Query or an extended
 Sync each end at one ReadyForQuery; an Execute ends at its CommandComplete or error) to
@@ -75,7 +75,7 @@ _PASSED_PARAMETERS = (
 class _Pending:
     """One statement (or extended batch end) waiting for its answer from the server."""
 
-    kind: str  # "query" | "execute" | "sync" | "denied-query" | "denied-batch" | "swallow"
+    kind: str  # "query" | "execute" | "sync" | "denied-query" | "denied-batch"
     sql: str = ""
     params: list[str | None] | None = None
     started: float = 0.0
