@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -335,4 +335,82 @@ class Recording:
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "size": self.size,
             "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class Agent:
+    """An enrolled agent key: it may only ask for access (`request@`), never use it."""
+
+    name: str
+    public_key: str  # the OpenSSH public key line, comment dropped
+    key_fingerprint: str
+    may_request: tuple[str, ...]  # target names, or ("*",) for any target
+    max_ttl: timedelta | None
+    created_at: datetime
+    created_by: str
+
+    def may_request_target(self, target: str) -> bool:
+        return "*" in self.may_request or target in self.may_request
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "public_key": self.public_key,
+            "key_fingerprint": self.key_fingerprint,
+            "may_request": list(self.may_request),
+            "max_ttl_seconds": int(self.max_ttl.total_seconds()) if self.max_ttl else None,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+        }
+
+
+class RequestState(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"  # nobody decided in time
+    WITHDRAWN = "withdrawn"  # the agent hung up while waiting
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """An agent's request for a grant, waiting on its SSH connection for a decision."""
+
+    id: str
+    agent: str
+    key_fingerprint: str
+    targets: tuple[str, ...]
+    task: str
+    reason: str
+    ttl: timedelta
+    client: str
+    node: str
+    requested_at: datetime
+    expires_at: datetime
+    state: RequestState = RequestState.PENDING
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    decision_reason: str | None = None
+    grant_id: str | None = None
+    certificate: str | None = None  # the OpenSSH certificate line, delivered to the agent
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "agent": self.agent,
+            "key_fingerprint": self.key_fingerprint,
+            "targets": list(self.targets),
+            "task": self.task,
+            "reason": self.reason,
+            "ttl_seconds": int(self.ttl.total_seconds()),
+            "client": self.client,
+            "node": self.node,
+            "requested_at": self.requested_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "decided_by": self.decided_by,
+            "decision_reason": self.decision_reason,
+            "grant": self.grant_id,
         }

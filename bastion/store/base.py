@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from bastion.models import (
+    AccessRequest,
+    Agent,
     Approval,
     ApprovalState,
     AuditEvent,
@@ -15,6 +17,7 @@ from bastion.models import (
     Grant,
     Recording,
     RecordingState,
+    RequestState,
     Revocation,
     Session,
     Target,
@@ -75,6 +78,32 @@ class StoreTx(Protocol):
         self, approval_id: str, state: ApprovalState, at: datetime, by: str, reason: str
     ) -> None: ...
 
+    def insert_agent(self, agent: Agent) -> None: ...
+
+    def get_agent(self, name: str) -> Agent | None: ...
+
+    def get_agent_by_fingerprint(self, fingerprint: str) -> Agent | None: ...
+
+    def delete_agent(self, name: str) -> None: ...
+
+    def get_request(self, request_id: str) -> AccessRequest | None: ...
+
+    def insert_request(self, request: AccessRequest) -> None: ...
+
+    def decide_request(
+        self,
+        request_id: str,
+        state: RequestState,
+        at: datetime,
+        by: str,
+        reason: str,
+        *,
+        grant_id: str | None = None,
+        certificate: str | None = None,
+    ) -> None:
+        """Decide a pending request (a request already decided is left as it is)."""
+        ...
+
 
 class Store(Protocol):
     def transaction(self) -> AbstractContextManager[StoreTx]: ...
@@ -106,6 +135,18 @@ class Store(Protocol):
     def get_approval(self, approval_id: str) -> Approval | None: ...
 
     def list_approvals(self, *, pending_only: bool = True) -> list[Approval]: ...
+
+    def get_agent(self, name: str) -> Agent | None: ...
+
+    def get_agent_by_fingerprint(self, fingerprint: str) -> Agent | None: ...
+
+    def list_agents(self) -> list[Agent]: ...
+
+    def get_request(self, request_id: str) -> AccessRequest | None: ...
+
+    def list_requests(
+        self, *, pending_only: bool = True, task: str | None = None
+    ) -> list[AccessRequest]: ...
 
     def get_recording(self, session_id: str) -> Recording | None: ...
 

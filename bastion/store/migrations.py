@@ -147,4 +147,41 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append(
+    (
+        4,
+        [
+            """CREATE TABLE agents (
+                name TEXT PRIMARY KEY,
+                public_key TEXT NOT NULL,
+                key_fingerprint TEXT NOT NULL UNIQUE,
+                may_request TEXT NOT NULL,
+                max_ttl_seconds BIGINT,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            )""",
+            """CREATE TABLE access_requests (
+                id TEXT PRIMARY KEY,
+                agent TEXT NOT NULL,
+                key_fingerprint TEXT NOT NULL,
+                targets TEXT NOT NULL,
+                task TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                ttl_seconds BIGINT NOT NULL,
+                client TEXT NOT NULL,
+                node TEXT NOT NULL,
+                requested_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                state TEXT NOT NULL,
+                decided_at TEXT,
+                decided_by TEXT,
+                decision_reason TEXT,
+                grant_id TEXT,
+                certificate TEXT
+            )""",
+            "CREATE INDEX access_requests_state ON access_requests (state)",
+            "CREATE INDEX access_requests_task ON access_requests (task)",
+        ],
+    )
+)
 LATEST_VERSION = MIGRATIONS[-1][0]

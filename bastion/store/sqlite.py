@@ -17,13 +17,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
 from bastion.auditchain import GENESIS_HASH, event_hash
 from bastion.errors import StoreError
 from bastion.models import (
+    AccessRequest,
+    Agent,
     Approval,
     ApprovalState,
     AuditEvent,
@@ -31,6 +33,7 @@ from bastion.models import (
     Grant,
     Recording,
     RecordingState,
+    RequestState,
     Revocation,
     Session,
     SessionKind,
@@ -280,6 +283,36 @@ class SqliteStore:
         rows = self._query(f"SELECT * FROM approvals{where} ORDER BY requested_at, id")
         return [_approval(r) for r in rows]
 
+    def get_agent(self, name: str) -> Agent | None:
+        rows = self._query("SELECT * FROM agents WHERE name = ?", (name,))
+        return _agent(rows[0]) if rows else None
+
+    def get_agent_by_fingerprint(self, fingerprint: str) -> Agent | None:
+        rows = self._query("SELECT * FROM agents WHERE key_fingerprint = ?", (fingerprint,))
+        return _agent(rows[0]) if rows else None
+
+    def list_agents(self) -> list[Agent]:
+        return [_agent(r) for r in self._query("SELECT * FROM agents ORDER BY name")]
+
+    def get_request(self, request_id: str) -> AccessRequest | None:
+        rows = self._query("SELECT * FROM access_requests WHERE id = ?", (request_id,))
+        return _request(rows[0]) if rows else None
+
+    def list_requests(
+        self, *, pending_only: bool = True, task: str | None = None
+    ) -> list[AccessRequest]:
+        clauses, params = [], []
+        if pending_only:
+            clauses.append("state = 'pending'")
+        if task is not None:
+            clauses.append("task = ?")
+            params.append(task)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            f"SELECT * FROM access_requests{where} ORDER BY requested_at, id", tuple(params)
+        )
+        return [_request(r) for r in rows]
+
     def get_recording(self, session_id: str) -> Recording | None:
         rows = self._query("SELECT * FROM recordings WHERE session_id = ?", (session_id,))
         return _recording(rows[0]) if rows else None
@@ -527,6 +560,114 @@ class _SqliteTx:
             " WHERE id = ? AND state = 'pending'",
             (state.value, _ts(at), by, reason, approval_id),
         )
+
+    def insert_agent(self, agent: Agent) -> None:
+        self._db.execute(
+            "INSERT INTO agents (name, public_key, key_fingerprint, may_request,"
+            " max_ttl_seconds, created_at, created_by) VALUES (?,?,?,?,?,?,?)",
+            (
+                agent.name,
+                agent.public_key,
+                agent.key_fingerprint,
+                json.dumps(list(agent.may_request)),
+                int(agent.max_ttl.total_seconds()) if agent.max_ttl else None,
+                _ts(agent.created_at),
+                agent.created_by,
+            ),
+        )
+
+    def get_agent(self, name: str) -> Agent | None:
+        row = self._db.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
+        return _agent(row) if row else None
+
+    def get_agent_by_fingerprint(self, fingerprint: str) -> Agent | None:
+        row = self._db.execute(
+            "SELECT * FROM agents WHERE key_fingerprint = ?", (fingerprint,)
+        ).fetchone()
+        return _agent(row) if row else None
+
+    def delete_agent(self, name: str) -> None:
+        self._db.execute("DELETE FROM agents WHERE name = ?", (name,))
+
+    def get_request(self, request_id: str) -> AccessRequest | None:
+        row = self._db.execute(
+            "SELECT * FROM access_requests WHERE id = ?", (request_id,)
+        ).fetchone()
+        return _request(row) if row else None
+
+    def insert_request(self, request: AccessRequest) -> None:
+        self._db.execute(
+            "INSERT INTO access_requests (id, agent, key_fingerprint, targets, task, reason,"
+            " ttl_seconds, client, node, requested_at, expires_at, state)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                request.id,
+                request.agent,
+                request.key_fingerprint,
+                json.dumps(list(request.targets)),
+                request.task,
+                request.reason,
+                int(request.ttl.total_seconds()),
+                request.client,
+                request.node,
+                _ts(request.requested_at),
+                _ts(request.expires_at),
+                request.state.value,
+            ),
+        )
+
+    def decide_request(
+        self,
+        request_id: str,
+        state: RequestState,
+        at: datetime,
+        by: str,
+        reason: str,
+        *,
+        grant_id: str | None = None,
+        certificate: str | None = None,
+    ) -> None:
+        self._db.execute(
+            "UPDATE access_requests SET state = ?, decided_at = ?, decided_by = ?,"
+            " decision_reason = ?, grant_id = ?, certificate = ?"
+            " WHERE id = ? AND state = 'pending'",
+            (state.value, _ts(at), by, reason, grant_id, certificate, request_id),
+        )
+
+
+def _agent(row: sqlite3.Row) -> Agent:
+    seconds = row["max_ttl_seconds"]
+    return Agent(
+        name=row["name"],
+        public_key=row["public_key"],
+        key_fingerprint=row["key_fingerprint"],
+        may_request=tuple(json.loads(row["may_request"])),
+        max_ttl=timedelta(seconds=seconds) if seconds is not None else None,
+        created_at=_dt(row["created_at"]),
+        created_by=row["created_by"],
+    )
+
+
+def _request(row: sqlite3.Row) -> AccessRequest:
+    return AccessRequest(
+        id=row["id"],
+        agent=row["agent"],
+        key_fingerprint=row["key_fingerprint"],
+        targets=tuple(json.loads(row["targets"])),
+        task=row["task"],
+        reason=row["reason"],
+        ttl=timedelta(seconds=row["ttl_seconds"]),
+        client=row["client"],
+        node=row["node"],
+        requested_at=_dt(row["requested_at"]),
+        expires_at=_dt(row["expires_at"]),
+        state=RequestState(row["state"]),
+        decided_at=_dt(row["decided_at"]) if row["decided_at"] else None,
+        decided_by=row["decided_by"],
+        decision_reason=row["decision_reason"],
+        grant_id=row["grant_id"],
+        certificate=row["certificate"],
+    )
 
 
 def _session(row: sqlite3.Row) -> Session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -17,7 +18,17 @@ import pytest
 
 from bastion.auditchain import GENESIS_HASH, event_hash, first_broken
 from bastion.errors import StoreError
-from bastion.models import Grant, Revocation, SslMode, Target, TargetKind, TargetSecret
+from bastion.models import (
+    AccessRequest,
+    Agent,
+    Grant,
+    RequestState,
+    Revocation,
+    SslMode,
+    Target,
+    TargetKind,
+    TargetSecret,
+)
 from bastion.store.migrations import LATEST_VERSION, MIGRATIONS
 from bastion.store.sqlite import UNREADABLE_DETAILS, SqliteStore, UnreadableTime
 
@@ -479,3 +490,83 @@ def test_unreadable_time_hashes_as_its_text() -> None:
     assert event_hash(1, at, "a", "b", {}, GENESIS_HASH) != event_hash(
         1, NOW, "a", "b", {}, GENESIS_HASH
     )
+
+
+# -- enrolled agents and access requests ----------------------------------------
+
+
+def enrolled(name: str = "chatgpt-agent", fingerprint: str = "SHA256:abc") -> Agent:
+    return Agent(
+        name=name,
+        public_key=ssh_target().host_key or "",
+        key_fingerprint=fingerprint,
+        may_request=("prod-db", "replica-db"),
+        max_ttl=timedelta(hours=1),
+        created_at=NOW,
+        created_by="alice",
+    )
+
+
+def access_request(request_id: str = "r-1", task: str = "hotfix-1422") -> AccessRequest:
+    return AccessRequest(
+        id=request_id,
+        agent="chatgpt-agent",
+        key_fingerprint="SHA256:abc",
+        targets=("prod-db",),
+        task=task,
+        reason="fix failing migration",
+        ttl=timedelta(minutes=30),
+        client="127.0.0.1:50000",
+        node="node-a",
+        requested_at=NOW,
+        expires_at=NOW + timedelta(minutes=10),
+    )
+
+
+def test_agents_round_trip_and_fingerprints_are_unique(store: SqliteStore) -> None:
+    with store.transaction() as tx:
+        tx.insert_agent(enrolled())
+    assert store.get_agent("chatgpt-agent") == enrolled()
+    assert store.get_agent_by_fingerprint("SHA256:abc") == enrolled()
+    assert store.list_agents() == [enrolled()]
+    # One key belongs to one agent: the same key under another name is refused.
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+        tx.insert_agent(enrolled(name="other-agent"))
+    assert [a.name for a in store.list_agents()] == ["chatgpt-agent"]
+    with store.transaction() as tx:
+        tx.delete_agent("chatgpt-agent")
+    assert store.get_agent("chatgpt-agent") is None
+
+
+def test_an_agent_without_max_ttl_round_trips(store: SqliteStore) -> None:
+    agent = dataclasses.replace(enrolled(), max_ttl=None, may_request=("*",))
+    with store.transaction() as tx:
+        tx.insert_agent(agent)
+    assert store.get_agent(agent.name) == agent
+    assert agent.may_request_target("anything")
+    assert not enrolled().may_request_target("prod-web")
+
+
+def test_a_request_is_decided_once(store: SqliteStore) -> None:
+    with store.transaction() as tx:
+        tx.insert_request(access_request())
+    assert store.get_request("r-1") == access_request()
+    assert [r.id for r in store.list_requests()] == ["r-1"]
+    later = NOW + timedelta(minutes=1)
+    with store.transaction() as tx:
+        tx.decide_request(
+            "r-1", RequestState.APPROVED, later, "bob", "ok", grant_id="g-1", certificate="c"
+        )
+        # A second decision (say the timeout racing the approval) changes nothing.
+        tx.decide_request("r-1", RequestState.EXPIRED, later, "bastion", "timed out")
+    decided = store.get_request("r-1")
+    assert decided is not None
+    assert (decided.state, decided.decided_by, decided.grant_id, decided.certificate) == (
+        RequestState.APPROVED,
+        "bob",
+        "g-1",
+        "c",
+    )
+    assert store.list_requests() == []
+    assert [r.id for r in store.list_requests(pending_only=False, task="hotfix-1422")] == ["r-1"]
+    assert store.list_requests(pending_only=False, task="other") == []
