@@ -12,12 +12,14 @@ import os
 import socket
 import tomllib
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bastion.cmdpolicy import DEFAULT_RULES, CommandRule, parse_rule
 from bastion.errors import ConfigError, InvalidInput
+from bastion.requestpolicy import AutoApproval, TargetRequestPolicy, parse_hours
 from bastion.sqlclass import DEFAULT_RULES as DEFAULT_STATEMENT_RULES
 from bastion.sqlclass import StatementRule
 from bastion.sqlclass import parse_rule as parse_statement_rule
@@ -79,6 +81,29 @@ timeout = "5m"
 # [targets.prod-web]
 # commands = ["rm -r|-R|--recursive", "reboot"]   # replaces [approvals] commands
 # shell_requires_approval = true                  # opening a shell waits for approval
+
+[requests]
+# Enrolled agents ask for grants with `ssh … request@BASTION -- --target …`.
+# How long such a request waits for a human's `bastion requests approve`.
+timeout = "10m"
+# TTL of a requested grant when the request gives no --ttl, and the longest it may
+# ask for (an agent's --max-ttl and a target's request_max_ttl may be shorter).
+default_ttl = "30m"
+max_ttl = "1h"
+# Told of every new request and decision (JSON); a failure is logged, never blocks.
+# webhook = "https://chat.example.com/hooks/bastion"   # HTTP POST
+# command = ["/usr/local/bin/notify-chat"]            # the event's JSON on stdin
+hook_timeout = "5s"
+
+# Per-target request policy:
+# [targets.replica-db]
+# requestable = true                    # false: only `bastion grant issue` grants it
+# request_max_ttl = "2h"
+# auto_approve = true                   # grant without a human when all of these hold:
+# auto_approve_agents = ["chatgpt-agent"]   # empty: any agent that may request it
+# auto_approve_hours = "Mon-Fri 09:00-18:00"
+# auto_approve_timezone = "Europe/Paris"
+# auto_approve_max_ttl = "30m"
 """
 
 
@@ -132,6 +157,16 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True)
+class RequestsConfig:
+    timeout: timedelta = timedelta(minutes=10)
+    default_ttl: timedelta = timedelta(minutes=30)
+    max_ttl: timedelta = timedelta(hours=1)
+    webhook: str = ""
+    command: tuple[str, ...] = ()
+    hook_timeout: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
 class TargetPolicy:
     """Per-target overrides from a `[targets.NAME]` table."""
 
@@ -146,6 +181,14 @@ class TargetPolicy:
     statements: tuple[StatementRule, ...] | None = None
     databases: tuple[str, ...] = ()
     redact_parameters: bool = False
+    # Access requests (`request@`): see `request_policy`.
+    requestable: bool = True
+    request_max_ttl: timedelta | None = None
+    auto_approve: bool = False
+    auto_approve_agents: tuple[str, ...] = ()
+    auto_approve_hours: str = ""
+    auto_approve_timezone: str = "UTC"
+    auto_approve_max_ttl: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +198,7 @@ class Config:
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
     grants: GrantsConfig = field(default_factory=GrantsConfig)
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    requests: RequestsConfig = field(default_factory=RequestsConfig)
     targets: dict[str, TargetPolicy] = field(default_factory=dict)
 
     def command_rules(self, target: str) -> tuple[CommandRule, ...]:
@@ -176,6 +220,29 @@ class Config:
     def target_policy(self, target: str) -> TargetPolicy:
         return self.targets.get(target, TargetPolicy())
 
+    def request_policy(self, target: str) -> TargetRequestPolicy:
+        policy = self.target_policy(target)
+        auto = None
+        if policy.auto_approve:
+            auto = AutoApproval(
+                agents=policy.auto_approve_agents,
+                hours=parse_hours(policy.auto_approve_hours) if policy.auto_approve_hours else None,
+                timezone=_zone(policy.auto_approve_timezone),
+                max_ttl=policy.auto_approve_max_ttl,
+            )
+        return TargetRequestPolicy(
+            requestable=policy.requestable, max_ttl=policy.request_max_ttl, auto=auto
+        )
+
+
+def _zone(name: str) -> tzinfo:
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(f"unknown time zone {name!r}") from None
+
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
@@ -183,10 +250,12 @@ _SECTIONS: dict[str, type[Any]] = {
     "recordings": RecordingsConfig,
     "grants": GrantsConfig,
     "approvals": ApprovalsConfig,
+    "requests": RequestsConfig,
 }
 _RULE_LISTS = {"commands"}
 _STATEMENT_LISTS = {"statements"}
-_STRING_LISTS = {"databases"}
+_STRING_LISTS = {"databases", "command", "auto_approve_agents"}
+_OPTIONAL_DURATIONS = {"request_max_ttl", "auto_approve_max_ttl"}
 
 
 def split_host_port(value: str, key: str, source: Path | None = None) -> tuple[str, int]:
@@ -218,7 +287,7 @@ def _convert(section: str, key: str, value: Any, default: Any, source: Path) -> 
             return tuple(parse_rule(v) for v in value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-    if isinstance(default, timedelta):
+    if isinstance(default, timedelta) or key in _OPTIONAL_DURATIONS:
         if not isinstance(value, str):
             raise ConfigError(f'{where} must be a duration string like "30m"')
         try:
@@ -282,6 +351,15 @@ def _check_consistency(config: Config, source: Path) -> None:
                 f"'targets.{name}.recording' in {source} must be"
                 ' "mandatory", "best-effort" or "off"'
             )
+        try:
+            config.request_policy(name)
+        except InvalidInput as exc:
+            raise ConfigError(f"'targets.{name}' in {source}: {exc}") from None
+    requests = config.requests
+    if not requests.default_ttl <= requests.max_ttl:
+        raise ConfigError(f"'requests' in {source}: need default_ttl <= max_ttl")
+    if requests.webhook and not requests.webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"'requests.webhook' in {source} must be an http:// or https:// URL")
     grants = config.grants
     if grants.min_ttl < timedelta(seconds=1):
         raise ConfigError(f"'grants.min_ttl' in {source} must be at least 1s")

@@ -17,7 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bastion import access
 from bastion.access import Denial, LoginPermit
+from bastion.accessrequests import AccessRequests
 from bastion.models import (
+    AccessRequest,
+    Agent,
     Approval,
     ApprovalState,
     AuditEvent,
@@ -32,11 +35,17 @@ from bastion.models import (
 )
 from bastion.recording import seal
 from bastion.recording.writer import Recorder, RecordingFailed
+from bastion.requestpolicy import REQUEST_LOGIN
 from bastion.service import Bastion
 from bastion.store import Store
 
 # Audit actions that running gateways react to.
-WATCHED_ACTIONS = ("grant.revoked", "session.kill_requested", "approval.decided")
+WATCHED_ACTIONS = (
+    "grant.revoked",
+    "session.kill_requested",
+    "approval.decided",
+    "request.decided",
+)
 
 
 class Gatekeeper:
@@ -52,6 +61,7 @@ class Gatekeeper:
         self.signing_key = signing_key
         self.recording_executor = recording_executor
         self.recordings_dir = bastion.home.recordings_dir
+        self.requests = AccessRequests(bastion)
 
     @property
     def store(self) -> Store:
@@ -90,6 +100,23 @@ class Gatekeeper:
                     {**details, "grant": decision.grant.id, "task": decision.grant.task},
                 )
         return decision
+
+    def enrolled_agent(self, key_fingerprint: str) -> Agent | None:
+        return self.requests.agent_for_key(key_fingerprint)
+
+    def request_login(self, agent: Agent, client: str) -> None:
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(),
+                agent.name,
+                "login.accepted",
+                {
+                    "login": REQUEST_LOGIN,
+                    "client": client,
+                    "agent": agent.name,
+                    "key_fingerprint": agent.key_fingerprint,
+                },
+            )
 
     def refuse(self, username: str, client: str, reason: str) -> None:
         """Audit a refusal that never reached certificate checks (plain key, password...)."""
@@ -373,6 +400,24 @@ class Gatekeeper:
         found = self.store.get_approval(approval.id)
         assert found is not None
         return found
+
+    # -- access requests ------------------------------------------------------
+
+    def open_request(self, agent: Agent, command: str | None, client: str) -> AccessRequest:
+        return self.requests.open(agent, command, client, self.node)
+
+    def access_request(self, request_id: str) -> AccessRequest | None:
+        return self.store.get_request(request_id)
+
+    def expire_request(self, request_id: str) -> AccessRequest:
+        return self.requests.expire(request_id)
+
+    def withdraw_request(self, request_id: str) -> AccessRequest:
+        return self.requests.withdraw(request_id)
+
+    def may_request(self, agent_name: str) -> bool:
+        """Whether this agent has an enrolled key (expiry messages then say how to ask)."""
+        return self.store.get_agent(agent_name) is not None
 
     # -- change feed ----------------------------------------------------------
 

@@ -57,7 +57,7 @@ from bastion.models import (
     TargetSecret,
 )
 from bastion.recording import seal
-from bastion.store import Store
+from bastion.store import Store, StoreTx
 from bastion.store.sqlite import SqliteStore
 from bastion.timespec import format_duration, format_time
 
@@ -84,6 +84,21 @@ class GrantRequest:
     source_addresses: str | None = None
     no_pty: bool = False
     no_port_forwarding: bool = False
+    force_command: str | None = None
+
+
+@dataclass(frozen=True)
+class GrantTerms:
+    """What a certificate says, validated, before it has a serial and an id."""
+
+    agent: str
+    task: str
+    reason: str
+    targets: tuple[str, ...]
+    window: policy.Window
+    permit_pty: bool
+    permit_port_forwarding: bool
+    source_addresses: tuple[str, ...] = ()
     force_command: str | None = None
 
 
@@ -412,50 +427,28 @@ class Bastion:
             written: Path | None = None
             try:
                 with self.store.transaction() as tx:
-                    grant_id = _new_grant_id(tx.grant_id_taken)
-                    serial = tx.next_serial()
-                    kid = policy.key_id(grant_id, agent, task)
-                    grant = Grant(
-                        id=grant_id,
-                        agent=agent,
-                        task=task,
-                        reason=request.reason,
-                        targets=names,
-                        valid_after=window.valid_after,
-                        valid_before=window.valid_before,
-                        created_at=now,
-                        created_by=self.actor,
-                        serial=serial,
-                        key_id=kid,
-                        key_fingerprint=fingerprint(public_key),
-                        permit_pty=perms.permit_pty,
-                        permit_port_forwarding=perms.permit_port_forwarding,
-                        source_addresses=sources,
-                        force_command=request.force_command,
-                    )
-                    cert_line = ca.sign(
-                        CertificateRequest(
-                            public_key=public_key,
-                            serial=serial,
-                            key_id=kid,
-                            principals=names,
-                            valid_after=grant.valid_after,
-                            valid_before=grant.valid_before,
-                            permit_pty=grant.permit_pty,
-                            permit_port_forwarding=grant.permit_port_forwarding,
+                    grant, cert_line = self.sign_grant(
+                        tx,
+                        ca,
+                        GrantTerms(
+                            agent=agent,
+                            task=task,
+                            reason=request.reason,
+                            targets=names,
+                            window=window,
+                            permit_pty=perms.permit_pty,
+                            permit_port_forwarding=perms.permit_port_forwarding,
                             source_addresses=sources,
                             force_command=request.force_command,
-                        )
+                        ),
+                        public_key,
+                        now,
                     )
-                    tx.insert_grant(grant)
-                    tx.append_audit(now, self.actor, "grant.issued", _grant_audit(grant))
                     # Written aside, last inside the transaction (if that fails, nothing is
                     # recorded), and put in place only once the grant is committed: a
                     # certificate never exists without its grant.
-                    written = _write_certificate_aside(
-                        cert_path, f"{cert_line} {agent}@{grant_id}\n".encode()
-                    )
-                _put_certificate_in_place(written, cert_path, grant_id)
+                    written = _write_certificate_aside(cert_path, cert_line.encode())
+                _put_certificate_in_place(written, cert_path, grant.id)
                 written = None
             finally:
                 if written is not None:  # the transaction failed: no certificate
@@ -467,6 +460,57 @@ class Bastion:
             private_key_path=key_path,
             ssh_lines=self.ssh_lines(targets, key_path),
         )
+
+    def sign_grant(
+        self,
+        tx: StoreTx,
+        ca: CertificateAuthority,
+        terms: GrantTerms,
+        public_key: SSHCertPublicKeyTypes,
+        now: datetime,
+        audit_extra: dict[str, object] | None = None,
+        actor: str | None = None,
+    ) -> tuple[Grant, str]:
+        """Record a grant and sign its certificate inside `tx`: the `-cert.pub` line."""
+        actor = actor or self.actor
+        grant_id = _new_grant_id(tx.grant_id_taken)
+        serial = tx.next_serial()
+        kid = policy.key_id(grant_id, terms.agent, terms.task)
+        grant = Grant(
+            id=grant_id,
+            agent=terms.agent,
+            task=terms.task,
+            reason=terms.reason,
+            targets=terms.targets,
+            valid_after=terms.window.valid_after,
+            valid_before=terms.window.valid_before,
+            created_at=now,
+            created_by=actor,
+            serial=serial,
+            key_id=kid,
+            key_fingerprint=fingerprint(public_key),
+            permit_pty=terms.permit_pty,
+            permit_port_forwarding=terms.permit_port_forwarding,
+            source_addresses=terms.source_addresses,
+            force_command=terms.force_command,
+        )
+        cert_line = ca.sign(
+            CertificateRequest(
+                public_key=public_key,
+                serial=serial,
+                key_id=kid,
+                principals=terms.targets,
+                valid_after=grant.valid_after,
+                valid_before=grant.valid_before,
+                permit_pty=grant.permit_pty,
+                permit_port_forwarding=grant.permit_port_forwarding,
+                source_addresses=terms.source_addresses,
+                force_command=terms.force_command,
+            )
+        )
+        tx.insert_grant(grant)
+        tx.append_audit(now, actor, "grant.issued", {**_grant_audit(grant), **(audit_extra or {})})
+        return grant, f"{cert_line} {terms.agent}@{grant_id}\n"
 
     @contextlib.contextmanager
     def _agent_key(

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from bastion.cli import audit, grants, recordings, sessions, targets  # noqa: F401  (registers)
+from bastion.cli import (  # noqa: F401  (registers)
+    audit,
+    enrollment,
+    grants,
+    recordings,
+    sessions,
+    targets,
+)
 from bastion.cli.base import cli
 
 __all__ = ["cli", "main"]

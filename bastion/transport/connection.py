@@ -28,11 +28,13 @@ import asyncssh
 from bastion import access
 from bastion.access import Denial, LoginPermit
 from bastion.cmdpolicy import NeedsApproval, classify_command
-from bastion.models import ApprovalState, EndReason, SessionKind, Target, TargetKind
+from bastion.models import Agent, ApprovalState, EndReason, SessionKind, Target, TargetKind
 from bastion.recording.writer import Recorder, RecordingFailed, RecordingOff
+from bastion.requestpolicy import REQUEST_LOGIN, request_line
 from bastion.transport import certs, upstream
 from bastion.transport.pgrelay import PgRelay
 from bastion.transport.relay import ForwardRelay, SessionRelay
+from bastion.transport.requestchan import RequestSession
 
 if TYPE_CHECKING:
     from bastion.transport.gateway import Gateway
@@ -48,6 +50,9 @@ class GatewayConnection(asyncssh.SSHServer):
         self.client = "unknown"
         self.username = ""
         self.permit: LoginPermit | None = None
+        # Set when an enrolled agent logged in as `request@` with its plain key.
+        self.enrolled: Agent | None = None
+        self._enrolled_candidate: Agent | None = None
         self.refusals: list[str] = []
         self.sessions: set[SessionRelay] = set()
         self.forwards: set[ForwardRelay | PgRelay] = set()
@@ -87,6 +92,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self, original: Any, username: str, key_data: bytes, msg: bytes, signature: bytes
     ) -> bool:
         cert = certs.parse_key_blob(key_data)
+        if username == REQUEST_LOGIN:
+            return await self._validate_enrolled(original, cert, username, key_data, msg, signature)
         if cert is None:
             self._refusal("a plain key is not accepted: a grant certificate is required")
             return False
@@ -110,6 +117,36 @@ class GatewayConnection(asyncssh.SSHServer):
             return False
         self.permit = decision
         self.refusals.clear()
+        return True
+
+    async def _validate_enrolled(
+        self, original: Any, cert: Any, username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        """`request@`: an enrolled agent's plain key, which can do nothing but ask."""
+        if cert is not None:
+            self._refusal("request@ takes the agent's enrolled key, not a certificate")
+            return False
+        # asyncssh asks `validate_public_key` below whether the key is allowed, then checks
+        # the signature.
+        if not await original(username, key_data, msg, signature):
+            return False
+        if not msg:
+            return True
+        self.enrolled = self._enrolled_candidate
+        if self.enrolled is None:
+            return False
+        self.refusals.clear()
+        self.gate.request_login(self.enrolled, self.client)
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if username != REQUEST_LOGIN:
+            return False
+        agent = self.gate.enrolled_agent(key.get_fingerprint("sha256"))
+        if agent is None:
+            self._refusal("request@: this key is not enrolled (`bastion agent enroll`)")
+            return False
+        self._enrolled_candidate = agent
         return True
 
     def _why_asyncssh_refused(self, facts: Any, username: str) -> str:
@@ -143,6 +180,8 @@ class GatewayConnection(asyncssh.SSHServer):
         return False
 
     def auth_completed(self) -> None:
+        if self.enrolled is not None:
+            return  # no grant, no deadline: the request waits on its own timer
         assert self.permit is not None
         self._arm(self.permit.deadline)
 
@@ -150,7 +189,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.gateway.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
-        if self.permit is None and self.refusals:
+        if self.permit is None and self.enrolled is None and self.refusals:
             with contextlib.suppress(Exception):
                 self.gate.refuse(self.username, self.client, "; ".join(self.refusals))
         for relay in list(self.sessions):
@@ -178,8 +217,21 @@ class GatewayConnection(asyncssh.SSHServer):
         self.close_all(
             EndReason.EXPIRED,
             f"grant {grant.id} (task {grant.task}) expired at {stamp} - session closed;"
-            " ask for a new grant to continue",
+            f" {self.ask_again()}",
         )
+
+    def ask_again(self) -> str:
+        """How to get back in: the exact `request@` line when the agent is enrolled."""
+        assert self.permit is not None
+        grant = self.permit.grant
+        try:
+            enrolled = self.gate.may_request(grant.agent)
+        except Exception:
+            enrolled = False
+        if not enrolled:
+            return "ask a human for a new grant to continue"
+        host, port = self.gateway.advertised
+        return "to ask again: " + request_line(host, port, grant.targets, grant.task)
 
     def close_all(self, reason: EndReason, message: str) -> None:
         if self.closing:
@@ -202,7 +254,9 @@ class GatewayConnection(asyncssh.SSHServer):
 
     # -- sessions ---------------------------------------------------------------
 
-    def session_requested(self) -> SessionRelay:
+    def session_requested(self) -> SessionRelay | RequestSession:
+        if self.enrolled is not None:
+            return RequestSession(self, self.enrolled)
         assert self.permit is not None
         denial = access.decide_session(self.permit.target, "session")
         if denial is not None:
@@ -382,6 +436,10 @@ class GatewayConnection(asyncssh.SSHServer):
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Any:
+        if self.enrolled is not None:
+            reason = "an enrolled key can only request access; it opens no forward"
+            self.gate.forward_refused(f"(agent {self.enrolled.name})", dest_host, dest_port, reason)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         assert self.permit is not None
         decision = access.decide_forward(
             self.permit.grant,

@@ -17,7 +17,8 @@ import asyncssh
 
 from bastion.config import Config
 from bastion.gatekeeper import Gatekeeper
-from bastion.models import Approval, ApprovalState, EndReason
+from bastion.models import AccessRequest, Approval, ApprovalState, EndReason, RequestState
+from bastion.notify import Notifier
 from bastion.recording.writer import RecordingFailed
 from bastion.transport import asyncssh_fixes
 from bastion.transport.connection import GatewayConnection
@@ -56,9 +57,13 @@ class Gateway:
         self._flusher: asyncio.Task[None] | None = None
         self._detached: set[asyncio.Task[Any]] = set()
         self._waiters: dict[str, asyncio.Future[Approval]] = {}
+        self._request_waiters: dict[str, asyncio.Future[AccessRequest]] = {}
+        self.notifier = Notifier(config.requests)
         self._server: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._cursor = 0
+        # Where agents reach this gateway, as printed in `ssh` lines it gives them.
+        self.advertised = config.server.advertised_host_port
 
     async def listen(self, host: str, port: int) -> int:
         """Start accepting; returns the port (useful with port 0)."""
@@ -89,7 +94,10 @@ class Gateway:
         self._watcher = asyncio.ensure_future(self._watch())
         self._flusher = asyncio.ensure_future(self._flush_recordings())
         sockets = self._server.sockets
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        bound = int(sockets[0].getsockname()[1]) if sockets else port
+        if not self.config.server.advertise:
+            self.advertised = (host, bound)
+        return bound
 
     async def shutdown(
         self, message: str = "the bastion is shutting down - session closed"
@@ -112,6 +120,7 @@ class Gateway:
             self._flusher.cancel()
         if self._detached:  # recordings still being sealed
             await asyncio.wait(set(self._detached), timeout=10)
+        self.notifier.close()
 
     def run_detached(self, coro: Any) -> None:
         """Run a coroutine that must outlive the relay that started it (a cancel at close)."""
@@ -152,6 +161,46 @@ class Gateway:
         finally:
             self._waiters.pop(approval.id, None)
 
+    # -- access requests ---------------------------------------------------------
+
+    async def wait_for_request(self, request: AccessRequest) -> AccessRequest:
+        """Until a human (or the change feed) decides, or the request's wait runs out."""
+        future: asyncio.Future[AccessRequest] = asyncio.get_running_loop().create_future()
+        self._request_waiters[request.id] = future
+        try:
+            current = self.gate.access_request(request.id)
+            if current is not None and current.state is not RequestState.PENDING:
+                return current
+            remaining = (request.expires_at - self.gate.now()).total_seconds()
+            return await asyncio.wait_for(future, max(0.0, remaining))
+        except TimeoutError:
+            return self.gate.expire_request(request.id)
+        finally:
+            self._request_waiters.pop(request.id, None)
+
+    def notify_request(self, event: str, request: AccessRequest) -> None:
+        """Tell the hooks; never raises and never waits."""
+        try:
+            self.notifier.send(
+                {
+                    "event": event,
+                    "node": self.gate.node,
+                    "request": request.to_dict(),
+                    "approve": f"bastion requests approve {request.id}",
+                    "deny": f"bastion requests deny {request.id} --reason TEXT",
+                }
+            )
+        except Exception:
+            log.exception("could not start the notification hooks")
+
+    def _request_decided(self, request_id: str) -> None:
+        future = self._request_waiters.get(request_id)
+        if future is None or future.done():
+            return
+        request = self.gate.access_request(request_id)
+        if request is not None and request.state is not RequestState.PENDING:
+            future.set_result(request)
+
     # -- the change feed ---------------------------------------------------------
 
     async def _watch(self) -> None:
@@ -172,6 +221,8 @@ class Gateway:
                 self._killed(details["session"], event.actor, details.get("reason", ""))
             elif event.action == "approval.decided":
                 self._decided(details["approval"])
+            elif event.action == "request.decided":
+                self._request_decided(details["request"])
 
     def _revoked(self, grant_id: str, actor: str, reason: str) -> None:
         for conn in list(self.connections):
@@ -180,7 +231,7 @@ class Gateway:
                 conn.close_all(
                     EndReason.REVOKED,
                     f"grant {grant.id} (task {grant.task}) revoked by {actor}: {reason}"
-                    " - session closed",
+                    f" - session closed; {conn.ask_again()}",
                 )
 
     def _killed(self, session_id: str, actor: str, reason: str) -> None:

@@ -38,7 +38,7 @@ def expired_line(grant: Grant) -> str:
     stamp = datetime.fromtimestamp(grant.valid_before, UTC).strftime("%H:%M:%SZ")
     return (
         f"[bastion] grant {grant.id} (task {grant.task}) expired at {stamp} - session closed;"
-        " ask for a new grant to continue"
+        " ask a human for a new grant to continue"
     )
 
 
@@ -233,7 +233,8 @@ def test_revocation_closes_live_sessions_within_a_second(gateway: Server, sshd: 
     for exited_at in (command.exited_at, shell.exited_at):
         assert exited_at is not None
         assert 0 < exited_at - revoked_at <= 1.0, f"{exited_at - revoked_at:.3f}s"
-    line = f"[bastion] grant {grant.id} (task rev-1) revoked by alice: incident - session closed"
+    line = f"[bastion] grant {grant.id} (task rev-1) revoked by alice: incident - session closed;"
+    line += " ask a human for a new grant to continue"
     assert command.stderr.strip() == line
     assert f"\r\n{line}\r\n" in shell.output
     records = gateway.ended_sessions(grant, count=2)

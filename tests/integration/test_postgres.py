@@ -786,7 +786,7 @@ def test_expiry_during_a_query_gives_a_fatal_error_naming_the_grant(expiry: Forc
     assert expiry.client.proc.returncode == 2  # psql: the connection was lost
     assert expiry.client.stderr.startswith(
         f"FATAL:  [bastion] grant {grant.id} (task {grant.task}) expired at {stamp}"
-        " - session closed; ask for a new grant to continue\n"
+        " - session closed; ask a human for a new grant to continue\n"
     ), expiry.client.stderr
     exited_at = expiry.client.exited_at
     assert exited_at is not None and exited_at - grant.valid_before < 1.5
@@ -803,7 +803,7 @@ def test_revocation_during_a_query_gives_a_fatal_error(revocation: ForcedEnd) ->
     assert revocation.client.proc.returncode == 2
     assert revocation.client.stderr.startswith(
         f"FATAL:  [bastion] grant {grant.id} (task {grant.task}) revoked by alice: incident 7"
-        " - session closed\n"
+        " - session closed; ask a human for a new grant to continue\n"
     ), revocation.client.stderr
     [record] = revocation.records
     assert record["end_reason"] == "revoked"

@@ -406,7 +406,7 @@ def test_expiry_close_reason_is_a_marker(gw: Server, sshd: Sshd) -> None:
     stamp = datetime.fromtimestamp(grant.valid_before, UTC).strftime("%H:%M:%SZ")
     line = (
         f"[bastion] grant {grant.id} (task {grant.task}) expired at {stamp} - session closed;"
-        " ask for a new grant to continue"
+        " ask a human for a new grant to continue"
     )
     assert line in client.stderr
     session, entry, data = closed_recording(gw, grant)

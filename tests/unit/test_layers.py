@@ -12,9 +12,19 @@ PACKAGE = Path(__file__).resolve().parents[2] / "bastion"
 # Lower layers first. A module may import from its own layer or any layer below it.
 LAYERS: list[set[str]] = [
     {"errors", "clock", "models", "timespec", "render"},
-    {"auditchain", "cmdpolicy", "sqlclass", "pgwire", "config", "policy", "access", "keyfiles"},
-    {"ca", "store", "recording"},
-    {"service"},
+    {
+        "auditchain",
+        "cmdpolicy",
+        "sqlclass",
+        "pgwire",
+        "requestpolicy",
+        "config",
+        "policy",
+        "access",
+        "keyfiles",
+    },
+    {"ca", "store", "recording", "notify"},
+    {"service", "accessrequests"},
     {"gatekeeper"},
     {"transport"},
     {"daemon"},
@@ -31,6 +41,7 @@ PURE = {
     "sqlclass",
     "policy",
     "access",
+    "requestpolicy",
 }
 IO_MODULES = {"socket", "asyncio", "asyncssh", "sqlite3", "psycopg", "subprocess"}
 
