@@ -417,3 +417,9 @@ def test_expiry_message_says_how_to_ask_again(gw: Server, agent_key: Path) -> No
         r' --task again-1 --ttl 30m --reason "…"',
         line,
     ), line
+    # And asking again works with the expired certificate still beside the key (ssh offers
+    # it first; request@ refuses certificates and takes the enrolled key next).
+    again = ask_prod_web(gw, agent_key, "again-1")
+    again_id = again.wait_stderr(WAITING).group(1)
+    gw.cli("requests", "deny", again_id, "--reason", "done for today", actor="alice")
+    assert again.wait(10) == 1
