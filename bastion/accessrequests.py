@@ -24,6 +24,9 @@ from bastion.store import StoreTx
 from bastion.timespec import format_duration
 
 AUTO_APPROVER = "auto-approval"
+# Requests one agent may have waiting at once: enough for real work, not for a flood of
+# notifications to the humans who decide.
+MAX_PENDING_PER_AGENT = 3
 
 
 class AccessRequests:
@@ -120,6 +123,16 @@ class AccessRequests:
         now = self.bastion.clock.now()
         config = self.bastion.home.config
         try:
+            waiting = [
+                r
+                for r in self.bastion.store.list_requests(pending_only=True)
+                if r.agent == agent.name and r.expires_at > now
+            ]
+            if len(waiting) >= MAX_PENDING_PER_AGENT:
+                raise InvalidInput(
+                    f"{len(waiting)} requests of {agent.name} are already waiting"
+                    f" ({', '.join(r.id for r in waiting)}); wait for a decision"
+                )
             args = requestpolicy.parse_request_command(command)
             policy.check_task_name(args.task)
             known = frozenset(t.name for t in self.bastion.list_targets())

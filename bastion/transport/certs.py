@@ -7,6 +7,7 @@ so the listener captures the blob it validated and parses it here with cryptogra
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.serialization import (
@@ -51,3 +52,9 @@ def presented(cert: SSHCertificate) -> PresentedCertificate:
 def signed_by(cert: SSHCertificate, ca_public_line: str) -> bool:
     ca = load_ssh_public_identity(ca_public_line.encode("ascii"))
     return fingerprint(cert.signature_key()) == fingerprint(ca)  # type: ignore[arg-type]
+
+
+def blob_fingerprint(key_data: bytes) -> str:
+    """`SHA256:…` of an SSH wire-format public key blob, as `ssh-keygen -l` prints it."""
+    digest = hashlib.sha256(key_data).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")

@@ -52,7 +52,6 @@ class GatewayConnection(asyncssh.SSHServer):
         self.permit: LoginPermit | None = None
         # Set when an enrolled agent logged in as `request@` with its plain key.
         self.enrolled: Agent | None = None
-        self._enrolled_candidate: Agent | None = None
         self.refusals: list[str] = []
         self.sessions: set[SessionRelay] = set()
         self.forwards: set[ForwardRelay | PgRelay] = set()
@@ -132,7 +131,8 @@ class GatewayConnection(asyncssh.SSHServer):
             return False
         if not msg:
             return True
-        self.enrolled = self._enrolled_candidate
+        # The signature checked out: look the key up again rather than trust a query's state.
+        self.enrolled = self.gate.enrolled_agent(certs.blob_fingerprint(key_data))
         if self.enrolled is None:
             return False
         self.refusals.clear()
@@ -142,11 +142,9 @@ class GatewayConnection(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         if username != REQUEST_LOGIN:
             return False
-        agent = self.gate.enrolled_agent(key.get_fingerprint("sha256"))
-        if agent is None:
+        if self.gate.enrolled_agent(key.get_fingerprint("sha256")) is None:
             self._refusal("request@: this key is not enrolled (`bastion agent enroll`)")
             return False
-        self._enrolled_candidate = agent
         return True
 
     def _why_asyncssh_refused(self, facts: Any, username: str) -> str:

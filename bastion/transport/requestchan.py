@@ -60,7 +60,17 @@ class RequestSession(asyncssh.SSHServerSession[bytes]):
         return True  # the agent's stdin ending doesn't end the wait (`ssh … < /dev/null`)
 
     def session_started(self) -> None:
-        self._task = asyncio.ensure_future(self._ask())
+        self._task = asyncio.ensure_future(self._ask_or_fail())
+
+    async def _ask_or_fail(self) -> None:
+        try:
+            await self._ask()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("access request from %s failed", self.agent.name)
+            self._say("the bastion failed to handle this request; see its log")
+            self._end(EXIT_REFUSED)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._task is not None and not self._task.done():

@@ -423,3 +423,19 @@ def test_expiry_message_says_how_to_ask_again(gw: Server, agent_key: Path) -> No
     again_id = again.wait_stderr(WAITING).group(1)
     gw.cli("requests", "deny", again_id, "--reason", "done for today", actor="alice")
     assert again.wait(10) == 1
+
+
+def test_an_agent_has_at_most_three_requests_waiting(gw: Server, agent_key: Path) -> None:
+    waiting = [ask_prod_web(gw, agent_key, f"flood-{i}") for i in range(3)]
+    ids = [client.wait_stderr(WAITING).group(1) for client in waiting]
+    fourth = ask_prod_web(gw, agent_key, "flood-3")
+    assert fourth.wait(10) == 3
+    assert "3 requests of bot are already waiting" in fourth.stderr
+    for request_id in ids:
+        gw.cli("requests", "deny", request_id, "--reason", "flood test", actor="alice")
+    assert [client.wait(10) for client in waiting] == [1, 1, 1]
+
+
+def test_the_audit_chain_holds_after_all_of_it(gw: Server) -> None:
+    verified = gw.run_cli("audit", "verify")
+    assert verified.returncode == 0, verified.stderr
