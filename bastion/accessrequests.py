@@ -109,10 +109,34 @@ class AccessRequests:
 
     # -- requests -------------------------------------------------------------
 
-    def list(self, include_all: bool = False, task: str | None = None) -> list[AccessRequest]:
-        return self.bastion.store.list_requests(pending_only=not include_all, task=task)
+    def list_requests(
+        self, include_all: bool = False, task: str | None = None
+    ) -> list[AccessRequest]:
+        """Requests still waiting (every request with `include_all`), oldest first."""
+        now = self.bastion.clock.now()
+        found = self.bastion.store.list_requests(pending_only=not include_all, task=task)
+        return [r for r in found if include_all or r.expires_at > now]
 
-    def get(self, request_id: str) -> AccessRequest:
+    def abandon_node(self, node: str) -> list[str]:
+        """At a gateway's start: requests its previous run left waiting can't be answered."""
+        now = self.bastion.clock.now()
+        ended = []
+        with self.bastion.store.transaction() as tx:
+            for request in self.bastion.store.list_requests(pending_only=True):
+                if request.node != node:
+                    continue
+                why = "the bastion restarted while the request waited"
+                tx.decide_request(request.id, RequestState.EXPIRED, now, "gateway", why)
+                tx.append_audit(
+                    now,
+                    "gateway",
+                    "request.decided",
+                    _decision(request, RequestState.EXPIRED, why, None),
+                )
+                ended.append(request.id)
+        return ended
+
+    def get_request(self, request_id: str) -> AccessRequest:
         found = self.bastion.store.get_request(request_id)
         if found is None:
             raise NotFound(f"unknown request {request_id!r} (see `bastion requests list`)")
@@ -198,7 +222,7 @@ class AccessRequests:
         try:
             return self._decide(request_id, state, why, "gateway", late_ok=True)
         except AlreadyExists:
-            return self.get(request_id)
+            return self.get_request(request_id)
 
     def _decide(
         self,
@@ -213,7 +237,7 @@ class AccessRequests:
             request = self._pending(tx, request_id, actor, late_ok)
             tx.decide_request(request_id, state, now, actor, reason)
             tx.append_audit(now, actor, "request.decided", _decision(request, state, reason, None))
-        return self.get(request_id)
+        return self.get_request(request_id)
 
     def _approve(
         self, request_id: str, ttl: timedelta | None, reason: str, actor: str
@@ -232,7 +256,13 @@ class AccessRequests:
                 )
             if ttl is not None:
                 # The approver may change the TTL, within the same limits as the agent.
-                limits = [("the agent's max-ttl", agent.max_ttl)] + [
+                limits = [
+                    (
+                        "the longest a request may ask for",
+                        min(config.requests.max_ttl, config.grants.max_ttl),
+                    ),
+                    ("the agent's max-ttl", agent.max_ttl),
+                ] + [
                     (f"target {t}'s request_max_ttl", config.request_policy(t).max_ttl)
                     for t in request.targets
                 ]
@@ -261,6 +291,7 @@ class AccessRequests:
                 reason,
                 grant_id=grant.id,
                 certificate=cert_line,
+                ttl=chosen,
             )
             approved = replace(request, ttl=chosen)
             tx.append_audit(
@@ -269,7 +300,7 @@ class AccessRequests:
                 "request.decided",
                 _decision(approved, RequestState.APPROVED, reason, grant.id),
             )
-        return self.get(request_id)
+        return self.get_request(request_id)
 
     def _pending(self, tx: StoreTx, request_id: str, actor: str, late_ok: bool) -> AccessRequest:
         request = tx.get_request(request_id)

@@ -222,12 +222,14 @@ class Config:
 
     def request_policy(self, target: str) -> TargetRequestPolicy:
         policy = self.target_policy(target)
+        hours = parse_hours(policy.auto_approve_hours) if policy.auto_approve_hours else None
+        zone = _zone(policy.auto_approve_timezone)
         auto = None
         if policy.auto_approve:
             auto = AutoApproval(
                 agents=policy.auto_approve_agents,
-                hours=parse_hours(policy.auto_approve_hours) if policy.auto_approve_hours else None,
-                timezone=_zone(policy.auto_approve_timezone),
+                hours=hours,
+                timezone=zone,
                 max_ttl=policy.auto_approve_max_ttl,
             )
         return TargetRequestPolicy(
@@ -351,10 +353,16 @@ def _check_consistency(config: Config, source: Path) -> None:
                 f"'targets.{name}.recording' in {source} must be"
                 ' "mandatory", "best-effort" or "off"'
             )
-        try:
-            config.request_policy(name)
-        except InvalidInput as exc:
-            raise ConfigError(f"'targets.{name}' in {source}: {exc}") from None
+        # Checked whether auto-approval is on or not: a typo must not wait to bite until
+        # someone turns it on.
+        for key, check in (
+            ("auto_approve_hours", lambda v: parse_hours(v) if v else None),
+            ("auto_approve_timezone", _zone),
+        ):
+            try:
+                check(getattr(policy, key))
+            except InvalidInput as exc:
+                raise ConfigError(f"'targets.{name}.{key}' in {source}: {exc}") from None
     requests = config.requests
     if not requests.default_ttl <= requests.max_ttl:
         raise ConfigError(f"'requests' in {source}: need default_ttl <= max_ttl")

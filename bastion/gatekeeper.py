@@ -243,6 +243,7 @@ class Gatekeeper:
         for recording in self.store.list_recordings(states=(RecordingState.RECORDING,)):
             if recording.node == self.node:
                 self._seal(recording.session_id, RecordingState.CRASHED, "recording.recovered")
+        self.requests.abandon_node(self.node)
         return ids
 
     # -- recordings -------------------------------------------------------------

@@ -39,10 +39,14 @@ def parse_request_command(command: str | None) -> RequestArgs:
         raise InvalidInput(f"say what you need. {USAGE}")
     try:
         words = shlex.split(command)
-    except ValueError as exc:
-        raise InvalidInput(f"can't read the request ({exc}). {USAGE}") from None
+    except ValueError:
+        # The OpenSSH client drops the shell's quotes, so `--reason "can't reach it"`
+        # arrives as `--reason can't reach it`: read it as plain words.
+        words = command.split()
     if words and words[0] == "--":
         words = words[1:]
+    if words and words[0] in ("--help", "-h", "help"):
+        raise InvalidInput(USAGE)
     values: dict[str, list[str]] = {}
     current: str | None = None
     for word in words:
@@ -55,9 +59,7 @@ def parse_request_command(command: str | None) -> RequestArgs:
             if eq:
                 values[name].append(inline)
             continue
-        if word.startswith("--") or word in ("-h", "help"):
-            if word in ("--help", "-h", "help"):
-                raise InvalidInput(USAGE)
+        if word.startswith("--"):
             raise InvalidInput(f"unknown option {word!r}. {USAGE}")
         if current is None:
             raise InvalidInput(f"unexpected {word!r}. {USAGE}")

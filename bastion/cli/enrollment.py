@@ -166,7 +166,7 @@ def requests() -> None:
 @pass_cli
 def requests_list(obj: CliContext, include_all: bool, task: str | None, as_json: bool) -> None:
     """List access requests (pending by default), oldest first."""
-    found = _call(obj, lambda r: r.list(include_all=include_all, task=task))
+    found = _call(obj, lambda r: r.list_requests(include_all=include_all, task=task))
     if as_json:
         click.echo(render.to_json([q.to_dict() for q in found]))
         return
@@ -200,7 +200,7 @@ def requests_list(obj: CliContext, include_all: bool, task: str | None, as_json:
 @pass_cli
 def requests_show(obj: CliContext, request_id: str, as_json: bool) -> None:
     """Show one request and its decision."""
-    found = _call(obj, lambda r: r.get(request_id))
+    found = _call(obj, lambda r: r.get_request(request_id))
     if as_json:
         click.echo(render.to_json(found.to_dict()))
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from bastion.models import (
@@ -100,6 +100,7 @@ class StoreTx(Protocol):
         *,
         grant_id: str | None = None,
         certificate: str | None = None,
+        ttl: timedelta | None = None,
     ) -> None:
         """Decide a pending request (a request already decided is left as it is)."""
         ...

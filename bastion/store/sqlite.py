@@ -626,12 +626,15 @@ class _SqliteTx:
         *,
         grant_id: str | None = None,
         certificate: str | None = None,
+        ttl: timedelta | None = None,
     ) -> None:
+        seconds = int(ttl.total_seconds()) if ttl is not None else None
         self._db.execute(
             "UPDATE access_requests SET state = ?, decided_at = ?, decided_by = ?,"
-            " decision_reason = ?, grant_id = ?, certificate = ?"
+            " decision_reason = ?, grant_id = ?, certificate = ?,"
+            " ttl_seconds = COALESCE(?, ttl_seconds)"
             " WHERE id = ? AND state = 'pending'",
-            (state.value, _ts(at), by, reason, grant_id, certificate, request_id),
+            (state.value, _ts(at), by, reason, grant_id, certificate, seconds, request_id),
         )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import http.server
 import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -439,3 +440,18 @@ def test_an_agent_has_at_most_three_requests_waiting(gw: Server, agent_key: Path
 def test_the_audit_chain_holds_after_all_of_it(gw: Server) -> None:
     verified = gw.run_cli("audit", "verify")
     assert verified.returncode == 0, verified.stderr
+
+
+def test_a_crash_leaves_no_request_pending(gw: Server, agent_key: Path) -> None:
+    client = ask_prod_web(gw, agent_key, "crash-1")
+    request_id = client.wait_stderr(WAITING).group(1)
+    gw.stop(signal.SIGKILL)
+    assert client.wait(10) == 255  # the connection is gone with the gateway
+    assert gw.cli_json_all("requests", "show", request_id)["state"] == "pending"
+    gw.start()
+    record = gw.cli_json_all("requests", "show", request_id)
+    assert (record["state"], record["decision_reason"]) == (
+        "expired",
+        "the bastion restarted while the request waited",
+    )
+    assert request_id not in gw.run_cli("requests", "list").stdout
