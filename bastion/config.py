@@ -8,6 +8,7 @@ This is the one place that reads environment variables (`BASTION_HOME`,
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -42,6 +43,10 @@ advertise = ""
 node = ""
 # How long a client may take to authenticate.
 login_timeout = "30s"
+# On SIGTERM: live sessions are told why and closed; this bounds how long that may take.
+shutdown_grace = "10s"
+# Log lines on stderr: "text", or "json" (one object per line, for a log shipper).
+log_format = "text"
 
 [store]
 # State store (grants, targets, sessions, audit chain). SQLite, relative to the home.
@@ -50,6 +55,13 @@ path = "state.db"
 [recordings]
 # Where session recordings are written, relative to the home.
 dir = "recordings"
+
+[metrics]
+# Prometheus metrics endpoint (http://HOST:PORT/metrics). Empty: off.
+# listen = "127.0.0.1:9464"
+listen = ""
+# A non-loopback listen address is refused unless this is true.
+allow_remote = false
 
 [grants]
 # TTL of a grant when `--ttl` is not given.
@@ -113,6 +125,8 @@ class ServerConfig:
     advertise: str = ""
     node: str = ""
     login_timeout: timedelta = timedelta(seconds=30)
+    shutdown_grace: timedelta = timedelta(seconds=10)
+    log_format: str = "text"
 
     @property
     def node_name(self) -> str:
@@ -137,6 +151,12 @@ class StoreConfig:
 @dataclass(frozen=True)
 class RecordingsConfig:
     dir: str = "recordings"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""  # empty: no metrics endpoint
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,6 +216,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     grants: GrantsConfig = field(default_factory=GrantsConfig)
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     requests: RequestsConfig = field(default_factory=RequestsConfig)
@@ -250,6 +271,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "store": StoreConfig,
     "recordings": RecordingsConfig,
+    "metrics": MetricsConfig,
     "grants": GrantsConfig,
     "approvals": ApprovalsConfig,
     "requests": RequestsConfig,
@@ -267,6 +289,33 @@ def split_host_port(value: str, key: str, source: Path | None = None) -> tuple[s
         where = f"'{key}' in {source}" if source is not None else key
         raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
     return host, int(port_text)
+
+
+LOG_FORMATS = ("text", "json")
+MAX_SHUTDOWN_GRACE = timedelta(minutes=10)
+
+
+def metrics_host_port(
+    value: str, allow_remote: bool, key: str, source: Path | None = None
+) -> tuple[str, int]:
+    """The metrics endpoint's address; off loopback only when `allow_remote` says so."""
+    host, port = split_host_port(value, key, source)
+    if not allow_remote and not is_loopback(host):
+        where = f"'{key}' in {source}" if source is not None else key
+        raise ConfigError(
+            f"{where}: {host} is not a loopback address; metrics are served on loopback only"
+            " unless metrics.allow_remote = true"
+        )
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: we can't know where it resolves
 
 
 def _convert(section: str, key: str, value: Any, default: Any, source: Path) -> Any:
@@ -374,6 +423,18 @@ def _check_consistency(config: Config, source: Path) -> None:
     if not grants.min_ttl <= grants.default_ttl <= grants.max_ttl:
         raise ConfigError(f"'grants' in {source}: need min_ttl <= default_ttl <= max_ttl")
     split_host_port(config.server.listen, "server.listen", source)
+    server = config.server
+    if server.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"'server.log_format' in {source} must be \"text\" or \"json\","
+            f" got {server.log_format!r}"
+        )
+    if server.shutdown_grace > MAX_SHUTDOWN_GRACE:
+        raise ConfigError(f"'server.shutdown_grace' in {source} must be at most 10m")
+    if config.metrics.listen:
+        metrics_host_port(
+            config.metrics.listen, config.metrics.allow_remote, "metrics.listen", source
+        )
     if config.server.advertise:
         split_host_port(config.server.advertise, "server.advertise", source)
 

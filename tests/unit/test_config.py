@@ -217,3 +217,67 @@ def test_ill_typed_target_policy_names_key_and_file(
     message = config_error(tmp_path, text)
     assert f"'{key}' in {tmp_path / 'bastion.toml'}" in message
     assert why in message
+
+
+# -- operations: shutdown grace, log format, metrics --------------------------------------
+
+
+def test_operations_defaults(tmp_path: Path) -> None:
+    config = load_config(tmp_path)
+    assert config.server.shutdown_grace == timedelta(seconds=10)
+    assert config.server.log_format == "text"
+    assert config.metrics.listen == ""
+    assert config.metrics.allow_remote is False
+
+
+def test_operations_values_are_read(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        '[server]\nshutdown_grace = "3s"\nlog_format = "json"\n'
+        '[metrics]\nlisten = "127.0.0.1:9464"\n',
+    )
+    config = load_config(tmp_path)
+    assert config.server.shutdown_grace == timedelta(seconds=3)
+    assert config.server.log_format == "json"
+    assert config.metrics.listen == "127.0.0.1:9464"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9464", "[::1]:9464", "localhost:9", "127.8.0.1:1"])
+def test_metrics_on_loopback_is_accepted(tmp_path: Path, listen: str) -> None:
+    write_config(tmp_path, f'[metrics]\nlisten = "{listen}"\n')
+    assert load_config(tmp_path).metrics.listen == listen
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9464", "10.1.2.3:9464", "metrics.example:9464"])
+def test_metrics_off_loopback_is_refused(tmp_path: Path, listen: str) -> None:
+    message = config_error(tmp_path, f'[metrics]\nlisten = "{listen}"\n')
+    assert "'metrics.listen'" in message
+    assert "not a loopback address" in message
+    assert "allow_remote" in message
+
+
+def test_metrics_off_loopback_with_allow_remote(tmp_path: Path) -> None:
+    write_config(tmp_path, '[metrics]\nlisten = "0.0.0.0:9464"\nallow_remote = true\n')
+    assert load_config(tmp_path).metrics.allow_remote is True
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "why"),
+    [
+        ('[server]\nlog_format = "xml"\n', "server.log_format", '"text" or "json"'),
+        ("[server]\nlog_format = 1\n", "server.log_format", "type str"),
+        ('[server]\nshutdown_grace = "0s"\n', "server.shutdown_grace", "longer than zero"),
+        ('[server]\nshutdown_grace = "1h"\n', "server.shutdown_grace", "at most 10m"),
+        ("[server]\nshutdown_grace = 10\n", "server.shutdown_grace", "duration"),
+        ('[metrics]\nlisten = "nope"\n', "metrics.listen", "HOST:PORT"),
+        ('[metrics]\nallow_remote = "yes"\n', "metrics.allow_remote", "type bool"),
+        ('[metrics]\nport = 9464\n', "metrics.port", "unknown key"),
+    ],
+)
+def test_bad_operations_settings_name_key_and_file(
+    tmp_path: Path, text: str, key: str, why: str
+) -> None:
+    message = config_error(tmp_path, text)
+    assert f"'{key}'" in message
+    assert why in message
+    assert str(tmp_path / "bastion.toml") in message
