@@ -426,8 +426,7 @@ def _check_consistency(config: Config, source: Path) -> None:
     server = config.server
     if server.log_format not in LOG_FORMATS:
         raise ConfigError(
-            f"'server.log_format' in {source} must be \"text\" or \"json\","
-            f" got {server.log_format!r}"
+            f'\'server.log_format\' in {source} must be "text" or "json", got {server.log_format!r}'
         )
     if server.shutdown_grace > MAX_SHUTDOWN_GRACE:
         raise ConfigError(f"'server.shutdown_grace' in {source} must be at most 10m")
@@ -500,6 +499,12 @@ def resolve_home(explicit: str | None) -> Path:
 def open_home(explicit: str | None) -> Home:
     root = resolve_home(explicit)
     return Home(root=root, config=load_config(root))
+
+
+def notify_environment() -> dict[str, str]:
+    """What systemd tells a `Type=notify` service: where to notify, and the watchdog."""
+    names = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def ca_passphrase() -> bytes | None:

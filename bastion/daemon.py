@@ -1,21 +1,33 @@
 """`bastion serve`: the composition root of a running gateway.
 
 config -> store -> service -> gatekeeper -> gateway; signals; recovery of sessions a
-crash left open. First start on a fresh home runs `init` (CA, host key, store).
+crash left open; the metrics endpoint; systemd's notify protocol (READY=1 once the
+listener is bound, STATUS= lines, WATCHDOG=1 pings, STOPPING=1 at SIGTERM). First start
+on a fresh home runs `init` (CA, host key, store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from bastion.clock import Clock
-from bastion.config import Home, ca_passphrase, split_host_port
+from bastion.config import (
+    Home,
+    ca_passphrase,
+    metrics_host_port,
+    notify_environment,
+    split_host_port,
+)
+from bastion.errors import ConfigError
 from bastion.gatekeeper import Gatekeeper
 from bastion.keyfiles import load_private_key
+from bastion.metrics import Metrics, PrometheusMetrics
+from bastion.sdnotify import Notifier
 from bastion.service import Bastion, initialize
 from bastion.transport.gateway import Gateway
 
@@ -26,37 +38,104 @@ def needs_init(home: Home) -> bool:
     return not (home.ca_key.exists() and home.host_key.exists() and home.store_path.exists())
 
 
-async def serve(home: Home, clock: Clock, actor: str, listen: str | None = None) -> None:
+async def serve(
+    home: Home,
+    clock: Clock,
+    actor: str,
+    listen: str | None = None,
+    metrics_listen: str | None = None,
+) -> None:
+    notifier = Notifier.from_env(notify_environment(), os.getpid())
+    try:
+        await _serve(home, clock, actor, listen, metrics_listen, notifier)
+    finally:
+        notifier.close()
+
+
+async def _serve(
+    home: Home,
+    clock: Clock,
+    actor: str,
+    listen: str | None,
+    metrics_listen: str | None,
+    notifier: Notifier,
+) -> None:
+    server = home.config.server
     if needs_init(home):
+        notifier.status("initializing the bastion home")
         report = initialize(home, clock, actor, ca_passphrase())
         log.info("initialized %s: created %s", home.root, ", ".join(report.created))
+    # Both checked before anything starts: a bad address fails the start, not a scrape.
+    host, port = split_host_port(listen, "--listen") if listen else server.listen_host_port
+    metrics_address = _metrics_address(home, metrics_listen)
     bastion = Bastion.open(home, clock, actor, ca_passphrase())
     # Recording files are written and hashed on this thread, off the event loop.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-writer")
+    metrics: Metrics = Metrics()
+    watchdog: asyncio.Task[None] | None = None
     try:
         ca = bastion.load_ca()  # fails now, not at the first login, on a bad key or passphrase
-        host, port = (
-            split_host_port(listen, "--listen") if listen else home.config.server.listen_host_port
-        )
         signing_key = load_private_key(home.host_key, None)
-        gate = Gatekeeper(bastion, home.config.server.node_name, signing_key, writer)
+        gate = Gatekeeper(bastion, server.node_name, signing_key, writer)
         recovered = gate.recover()
         if recovered:
             log.warning("marked %d sessions left open by a crash as ended", len(recovered))
-        gateway = Gateway(gate, home.config, ca.public_line, str(home.host_key))
+        if metrics_address is not None:
+            metrics = PrometheusMetrics(gate.node)
+        gateway = Gateway(gate, home.config, ca.public_line, str(home.host_key), metrics=metrics)
         bound = await gateway.listen(host, port)
+        if isinstance(metrics, PrometheusMetrics) and metrics_address is not None:
+            try:
+                metrics_port = await metrics.serve(*metrics_address)
+            except OSError as exc:
+                where = f"{metrics_address[0]}:{metrics_address[1]}"
+                raise ConfigError(
+                    f"can't serve metrics on {where}: {exc.strerror or exc}"
+                ) from None
+            log.info(
+                "metrics on http://%s:%d/metrics",
+                metrics_address[0],
+                metrics_port,
+                extra={"event": "metrics.listening", "port": metrics_port},
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        print(
-            f"bastion: listening on {host}:{bound} (node {gate.node}, home {home.root})",
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            "listening on %s:%d (node %s, home %s)",
+            host,
+            bound,
+            gate.node,
+            home.root,
+            extra={"event": "listening", "host": host, "port": bound, "node": gate.node},
         )
+        notifier.ready(f"listening on {host}:{bound}")
+        watchdog = asyncio.ensure_future(notifier.watchdog())
         await stop.wait()
-        log.info("stopping: closing %d live connections", len(gateway.connections))
-        await gateway.shutdown()
+        count = len(gateway.connections)
+        log.info(
+            "stopping: closing %d live connections",
+            count,
+            extra={"event": "stopping", "connections": count},
+        )
+        gateway.stop_accepting()
+        notifier.stopping(f"stopping: closing {count} live connections")
+        await gateway.shutdown(grace=server.shutdown_grace.total_seconds())
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        if isinstance(metrics, PrometheusMetrics):
+            with contextlib.suppress(Exception):
+                await metrics.close()
         writer.shutdown(wait=True)
         bastion.close()
+
+
+def _metrics_address(home: Home, option: str | None) -> tuple[str, int] | None:
+    config = home.config.metrics
+    if option is not None:
+        return metrics_host_port(option, config.allow_remote, "--metrics-listen")
+    if config.listen:
+        return metrics_host_port(config.listen, config.allow_remote, "metrics.listen")
+    return None

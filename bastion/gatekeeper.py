@@ -7,6 +7,7 @@ each outcome is written to the store together with its audit event.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -38,6 +39,8 @@ from bastion.recording.writer import Recorder, RecordingFailed
 from bastion.requestpolicy import REQUEST_LOGIN
 from bastion.service import Bastion
 from bastion.store import Store
+
+log = logging.getLogger("bastion.gatekeeper")
 
 # Audit actions that running gateways react to.
 WATCHED_ACTIONS = (
@@ -99,6 +102,7 @@ class Gatekeeper:
                     "login.accepted",
                     {**details, "grant": decision.grant.id, "task": decision.grant.task},
                 )
+                _log_login(username, client, agent=decision.grant.agent, grant=decision.grant.id)
         return decision
 
     def enrolled_agent(self, key_fingerprint: str) -> Agent | None:
@@ -127,6 +131,7 @@ class Gatekeeper:
                 "login.refused",
                 {"login": username, "client": client, "reason": reason},
             )
+        _log_login(username, client, reason=reason)
 
     def target_error(
         self, target: str, grant_id: str, message: str, host_key_mismatch: bool
@@ -190,6 +195,14 @@ class Gatekeeper:
                     "command": command,
                 },
             )
+        log.info(
+            "session %s started: %s on %s (%s)",
+            session.id,
+            session.agent,
+            target,
+            kind.value,
+            extra=_session_fields(session, "session.started"),
+        )
         return session
 
     def close_session(
@@ -229,6 +242,12 @@ class Gatekeeper:
                     "detail": detail,
                 },
             )
+        log.info(
+            "session %s ended: %s",
+            session.id,
+            reason.value,
+            extra={**_session_fields(ended, "session.ended"), "exit_status": exit_status},
+        )
         return ended
 
     def recover(self) -> list[str]:
@@ -374,6 +393,17 @@ class Gatekeeper:
         with self.store.transaction() as tx:
             tx.insert_approval(approval)
             tx.append_audit(now, session.agent, "approval.requested", approval.to_dict())
+        log.info(
+            "approval %s requested by %s on %s",
+            approval.id,
+            approval.agent,
+            approval.target,
+            extra={
+                **_session_fields(session, "approval.requested"),
+                "approval": approval.id,
+                "reasons": list(reasons),
+            },
+        )
         return approval
 
     def approval(self, approval_id: str) -> Approval | None:
@@ -398,6 +428,16 @@ class Gatekeeper:
                     "reason": why,
                 },
             )
+        log.info(
+            "approval %s expired: %s",
+            approval.id,
+            why,
+            extra={
+                "event": "approval.expired",
+                "approval": approval.id,
+                "session": approval.session_id,
+            },
+        )
         found = self.store.get_approval(approval.id)
         assert found is not None
         return found
@@ -427,3 +467,30 @@ class Gatekeeper:
 
     def changes_after(self, seq: int) -> list[AuditEvent]:
         return self.store.audit_events_after(seq, WATCHED_ACTIONS)
+
+
+def _log_login(
+    login: str, client: str, *, agent: str = "", grant: str = "", reason: str = ""
+) -> None:
+    fields: dict[str, object] = {"login": login, "client": client}
+    if reason:
+        fields.update(event="login.refused", reason=reason)
+        log.info("login refused: %s from %s: %s", login, client, reason, extra=fields)
+    else:
+        fields.update(event="login.accepted", agent=agent, grant=grant)
+        log.info(
+            "login accepted: %s as %s (grant %s) from %s", agent, login, grant, client, extra=fields
+        )
+
+
+def _session_fields(session: Session, event: str) -> dict[str, object]:
+    return {
+        "event": event,
+        "session": session.id,
+        "agent": session.agent,
+        "grant": session.grant_id,
+        "target": session.target,
+        "kind": session.kind.value,
+        "client": session.client,
+        "end_reason": session.end_reason.value if session.end_reason else None,
+    }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -114,18 +113,30 @@ def init(obj: CliContext) -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines on stderr as text or one JSON object per line (default: server.log_format).",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (overrides metrics.listen).",
+)
 @pass_cli
-def serve(obj: CliContext, listen: str | None, log_level: str) -> None:
+def serve(
+    obj: CliContext,
+    listen: str | None,
+    log_level: str,
+    log_format: str | None,
+    metrics_listen: str | None,
+) -> None:
     """Run the SSH gateway (runs `init` first on a fresh home)."""
     import asyncio
-    import logging
 
+    from bastion import logs
     from bastion.daemon import serve as run_gateway
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    asyncio.run(run_gateway(obj.home(), obj.clock, obj.actor, listen))
+    home = obj.home()
+    logs.configure(log_level, log_format or home.config.server.log_format)
+    asyncio.run(run_gateway(home, obj.clock, obj.actor, listen, metrics_listen))

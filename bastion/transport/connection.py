@@ -181,6 +181,7 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.enrolled is not None:
             return  # no grant, no deadline: the request waits on its own timer
         assert self.permit is not None
+        self.gateway.metrics.login(accepted=True)
         self._arm(self.permit.deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -188,6 +189,7 @@ class GatewayConnection(asyncssh.SSHServer):
         if self._timer is not None:
             self._timer.cancel()
         if self.permit is None and self.enrolled is None and self.refusals:
+            self.gateway.metrics.login(accepted=False, reason="; ".join(self.refusals))
             with contextlib.suppress(Exception):
                 self.gate.refuse(self.username, self.client, "; ".join(self.refusals))
         for relay in list(self.sessions):
@@ -235,6 +237,17 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.closing:
             return
         self.closing = True
+        self.gateway.metrics.forced_close(reason.value)
+        log.info(
+            "closing connection from %s: %s",
+            self.client,
+            message,
+            extra={
+                "event": "connection.forced_close",
+                "client": self.client,
+                "reason": reason.value,
+            },
+        )
         self._closer = asyncio.ensure_future(self._close_all(reason, message))
 
     async def _close_all(self, reason: EndReason, message: str) -> None:
@@ -280,6 +293,7 @@ class GatewayConnection(asyncssh.SSHServer):
         status: int | None,
         detail: str,
     ) -> None:
+        self.gateway.metrics.session_closed(relay)
         try:
             self.gate.close_session(
                 relay.record,

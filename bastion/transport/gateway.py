@@ -17,6 +17,7 @@ import asyncssh
 
 from bastion.config import Config
 from bastion.gatekeeper import Gatekeeper
+from bastion.metrics import LiveState, Metrics
 from bastion.models import AccessRequest, Approval, ApprovalState, EndReason, RequestState
 from bastion.notify import Notifier
 from bastion.recording.writer import RecordingFailed
@@ -43,6 +44,7 @@ class Gateway:
         ca_public_line: str,
         host_key_path: str,
         close_grace: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         asyncssh_fixes.apply()
         self.gate = gate
@@ -64,6 +66,8 @@ class Gateway:
         self._cursor = 0
         # Where agents reach this gateway, as printed in `ssh` lines it gives them.
         self.advertised = config.server.advertised_host_port
+        self.metrics = metrics or Metrics()
+        self.metrics.set_live(self.live_state)
 
     async def listen(self, host: str, port: int) -> int:
         """Start accepting; returns the port (useful with port 0)."""
@@ -99,21 +103,39 @@ class Gateway:
             self.advertised = (host, bound)
         return bound
 
-    async def shutdown(
-        self, message: str = "the bastion is shutting down - session closed"
-    ) -> None:
-        """Stop accepting, tell every live session why, close them within a bounded time."""
+    def stop_accepting(self) -> None:
+        """Close the listener: new connections are refused from now on."""
         if self._server is not None:
             self._server.close()
         if self._watcher is not None:
             self._watcher.cancel()
+
+    async def shutdown(
+        self,
+        message: str = "the bastion is shutting down - session closed",
+        grace: float | None = None,
+    ) -> None:
+        """Stop accepting, tell every live session why, close them within `grace` seconds.
+
+        Connections still open at the end of `grace` (a client that doesn't read, say) are
+        aborted; their session records already say `bastion-shutdown`. Recordings are then
+        sealed (at most 10 s more: that is file I/O, not the network).
+        """
+        self.stop_accepting()
+        grace = self.close_grace + 1.0 if grace is None else grace
         live = list(self.connections)
         for conn in live:
             conn.close_all(EndReason.BASTION_SHUTDOWN, message)
-        deadline = asyncio.get_running_loop().time() + self.close_grace + 1.0
+        deadline = asyncio.get_running_loop().time() + grace
         while self.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
+            log.warning(
+                "connection from %s did not close within %.0fs: aborted",
+                conn.client,
+                grace,
+                extra={"client": conn.client, "event": "connection.aborted"},
+            )
             with contextlib.suppress(Exception):
                 conn.conn.abort()
         if self._flusher is not None:
@@ -121,6 +143,19 @@ class Gateway:
         if self._detached:  # recordings still being sealed
             await asyncio.wait(set(self._detached), timeout=10)
         self.notifier.close()
+
+    def live_state(self) -> LiveState:
+        """Open sessions by kind, approvals waiting and the bytes of open sessions."""
+        state = LiveState(approvals_pending=len(self._waiters))
+        for conn in list(self.connections):
+            for relay in list(conn.sessions) + list(conn.forwards):
+                if relay.record is None or self.metrics.counted(relay):
+                    continue
+                kind = relay.record.kind.value
+                state.sessions[kind] = state.sessions.get(kind, 0) + 1
+                state.bytes_up += relay.bytes_up
+                state.bytes_down += relay.bytes_down
+        return state
 
     def run_detached(self, coro: Any) -> None:
         """Run a coroutine that must outlive the relay that started it (a cancel at close)."""
@@ -238,6 +273,14 @@ class Gateway:
         for conn in list(self.connections):
             for relay in list(conn.sessions) + list(conn.forwards):
                 if relay.record is not None and relay.record.id == session_id:
+                    self.metrics.forced_close(EndReason.KILLED.value)
+                    log.info(
+                        "session %s killed by %s: %s",
+                        session_id,
+                        actor,
+                        reason,
+                        extra={"event": "session.killed", "session": session_id, "actor": actor},
+                    )
                     relay.fail(
                         EndReason.KILLED,
                         f"session {session_id} killed by {actor}: {reason}",
@@ -249,4 +292,17 @@ class Gateway:
             return
         approval = self.gate.approval(approval_id)
         if approval is not None and approval.state is not ApprovalState.PENDING:
+            log.info(
+                "approval %s %s by %s",
+                approval.id,
+                approval.state.value,
+                approval.decided_by,
+                extra={
+                    "event": "approval.decided",
+                    "approval": approval.id,
+                    "session": approval.session_id,
+                    "state": approval.state.value,
+                    "decided_by": approval.decided_by,
+                },
+            )
             future.set_result(approval)

@@ -271,7 +271,7 @@ def test_metrics_off_loopback_with_allow_remote(tmp_path: Path) -> None:
         ("[server]\nshutdown_grace = 10\n", "server.shutdown_grace", "duration"),
         ('[metrics]\nlisten = "nope"\n', "metrics.listen", "HOST:PORT"),
         ('[metrics]\nallow_remote = "yes"\n', "metrics.allow_remote", "type bool"),
-        ('[metrics]\nport = 9464\n', "metrics.port", "unknown key"),
+        ("[metrics]\nport = 9464\n", "metrics.port", "unknown key"),
     ],
 )
 def test_bad_operations_settings_name_key_and_file(
