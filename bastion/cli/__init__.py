@@ -12,6 +12,7 @@ from bastion.cli import (  # noqa: F401  (registers)
     audit,
     enrollment,
     grants,
+    ops,
     recordings,
     sessions,
     targets,
