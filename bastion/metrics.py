@@ -32,9 +32,10 @@ log = logging.getLogger("bastion.metrics")
 
 SESSION_KINDS = ("shell", "exec", "sftp", "forward")
 
-# First match wins: (words in the refusal reason, category).
+# First match wins: (words in the refusal reasons, category). A connection's reasons are
+# all its attempts: OpenSSH offers the plain key before its certificate, so "plain-key"
+# comes last, for connections that had nothing better to say.
 _REFUSALS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("plain key",), "plain-key"),
     (("no principals",), "no-principals"),
     (("not signed by this bastion",), "unknown-ca"),
     (("revoked",), "revoked"),
@@ -45,6 +46,7 @@ _REFUSALS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("no grant matches", "do not match grant", "not the key grant"), "unknown-grant"),
     (("source-address",), "source-address"),
     (("critical options",), "unsupported-option"),
+    (("plain key",), "plain-key"),
 )
 
 

@@ -406,6 +406,9 @@ class Server:
         self.log_path = work / "serve.log"
         self.known_hosts = work / "known_hosts"
         self._serial = 0
+        # More `serve` options and environment, for tests of operations (logs, metrics...).
+        self.serve_args: list[str] = []
+        self.env: dict[str, str] = {}
         host_pub = (home / "keys" / "host_ed25519.pub").read_text()
         write_known_hosts(self.known_hosts, self.port, host_pub)
 
@@ -414,11 +417,11 @@ class Server:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        env = {k: v for k, v in os.environ.items() if k not in _CLEAN}
+        env = {k: v for k, v in os.environ.items() if k not in _CLEAN} | self.env
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(BASTION_BIN), "--home", str(self.home), "serve",
-                 "--listen", f"{LOOPBACK}:{self.port}"],
+                 "--listen", f"{LOOPBACK}:{self.port}", *self.serve_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
             )  # fmt: skip
         # Wait for its own "listening" line rather than probing the port with a connection.
