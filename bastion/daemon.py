@@ -27,7 +27,7 @@ from bastion.errors import ConfigError
 from bastion.gatekeeper import Gatekeeper
 from bastion.keyfiles import load_private_key
 from bastion.metrics import Metrics, PrometheusMetrics
-from bastion.sdnotify import Notifier
+from bastion.sdnotify import SystemdNotifier
 from bastion.service import Bastion, initialize
 from bastion.transport.gateway import Gateway
 
@@ -45,7 +45,7 @@ async def serve(
     listen: str | None = None,
     metrics_listen: str | None = None,
 ) -> None:
-    notifier = Notifier.from_env(notify_environment(), os.getpid())
+    notifier = SystemdNotifier.from_env(notify_environment(), os.getpid())
     try:
         await _serve(home, clock, actor, listen, metrics_listen, notifier)
     finally:
@@ -58,7 +58,7 @@ async def _serve(
     actor: str,
     listen: str | None,
     metrics_listen: str | None,
-    notifier: Notifier,
+    notifier: SystemdNotifier,
 ) -> None:
     server = home.config.server
     if needs_init(home):

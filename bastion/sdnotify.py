@@ -7,7 +7,8 @@ named in `$NOTIFY_SOCKET`; a name starting with `@` is in the abstract namespace
 systemd the variable is unset and every call does nothing.
 
 This module sends; it does not decide when. The daemon does (see `daemon.py`). It
-reads no environment itself: `config.notify_environment()` does, for `Notifier.from_env`.
+reads no environment itself: `config.notify_environment()` does, for
+`SystemdNotifier.from_env`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from collections.abc import Mapping
 log = logging.getLogger("bastion.sdnotify")
 
 
-class Notifier:
-    """Sends notify messages to one socket; a Notifier with no address is a no-op."""
+class SystemdNotifier:
+    """Sends notify messages to one socket; a SystemdNotifier with no address is a no-op."""
 
     def __init__(self, address: str | None, watchdog_usec: int | None = None) -> None:
         self.address = address
@@ -33,7 +34,7 @@ class Notifier:
             self._sock.setblocking(False)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], pid: int) -> Notifier:
+    def from_env(cls, environ: Mapping[str, str], pid: int) -> SystemdNotifier:
         """`$NOTIFY_SOCKET` and `$WATCHDOG_USEC` (ignored if `$WATCHDOG_PID` isn't `pid`)."""
         address = environ.get("NOTIFY_SOCKET") or None
         watchdog: int | None = None

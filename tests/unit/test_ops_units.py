@@ -9,7 +9,7 @@ import pytest
 
 from bastion.logs import JsonFormatter
 from bastion.metrics import refusal_category
-from bastion.sdnotify import Notifier
+from bastion.sdnotify import SystemdNotifier
 
 
 @pytest.mark.parametrize(
@@ -33,15 +33,15 @@ def test_refusal_reasons_reduce_to_a_bounded_category(reasons: str, category: st
 
 def test_notifier_reads_systemds_environment() -> None:
     env = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "500000", "WATCHDOG_PID": "42"}
-    assert Notifier.from_env(env, 42).watchdog_usec == 500000
-    assert Notifier.from_env(env, 43).watchdog_usec is None  # meant for another process
-    assert Notifier.from_env({"WATCHDOG_USEC": "x"}, 42).watchdog_usec is None
-    off = Notifier.from_env({}, 42)
+    assert SystemdNotifier.from_env(env, 42).watchdog_usec == 500000
+    assert SystemdNotifier.from_env(env, 43).watchdog_usec is None  # meant for another process
+    assert SystemdNotifier.from_env({"WATCHDOG_USEC": "x"}, 42).watchdog_usec is None
+    off = SystemdNotifier.from_env({}, 42)
     assert not off.enabled and off.send("READY=1") is False
 
 
 def test_notifier_reports_an_unreachable_socket(tmp_path: object) -> None:
-    notifier = Notifier(f"{tmp_path}/nobody-listens")
+    notifier = SystemdNotifier(f"{tmp_path}/nobody-listens")
     assert notifier.send("READY=1") is False
     notifier.close()
 
