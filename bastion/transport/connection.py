@@ -178,10 +178,10 @@ class GatewayConnection(asyncssh.SSHServer):
         return False
 
     def auth_completed(self) -> None:
+        self.gateway.metrics.login(accepted=True)
         if self.enrolled is not None:
             return  # no grant, no deadline: the request waits on its own timer
         assert self.permit is not None
-        self.gateway.metrics.login(accepted=True)
         self._arm(self.permit.deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
