@@ -12,6 +12,7 @@ import ipaddress
 import os
 import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
 from pathlib import Path
@@ -47,10 +48,17 @@ login_timeout = "30s"
 shutdown_grace = "10s"
 # Log lines on stderr: "text", or "json" (one object per line, for a log shipper).
 log_format = "text"
+# Several nodes on one PostgreSQL store: how often this node says it is alive, and how
+# long another node may stay silent before its live sessions are ended as `node-lost`.
+heartbeat = "2s"
+node_timeout = "15s"
 
 [store]
 # State store (grants, targets, sessions, audit chain). SQLite, relative to the home.
 path = "state.db"
+# Or PostgreSQL, shared by several nodes (replaces `path`); run `bastion migrate` first.
+# The password may be in the URL or come from PGPASSWORD / ~/.pgpass.
+# url = "postgresql://bastion@db.internal:5432/bastion?sslmode=verify-full"
 
 [recordings]
 # Where session recordings are written, relative to the home.
@@ -127,6 +135,8 @@ class ServerConfig:
     login_timeout: timedelta = timedelta(seconds=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
     log_format: str = "text"
+    heartbeat: timedelta = timedelta(seconds=2)
+    node_timeout: timedelta = timedelta(seconds=15)
 
     @property
     def node_name(self) -> str:
@@ -146,6 +156,8 @@ class ServerConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     path: str = "state.db"
+    # postgresql://... : the shared PostgreSQL store (several nodes); empty: SQLite at `path`.
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -364,6 +376,8 @@ def parse_config(data: dict[str, Any], source: Path) -> Config:
         if not isinstance(body, dict):
             raise ConfigError(f"'{name}' in {source} must be a table ([{name}])")
         sections[name] = cls(**_parse_table(cls, name, body, source))
+    if isinstance(data.get("store"), dict) and {"path", "url"} <= data["store"].keys():
+        raise ConfigError(f"'store' in {source}: set either 'store.path' (SQLite) or 'store.url'")
     config = Config(**sections)
     _check_consistency(config, source)
     return config
@@ -422,6 +436,14 @@ def _check_consistency(config: Config, source: Path) -> None:
         raise ConfigError(f"'grants.min_ttl' in {source} must be at least 1s")
     if not grants.min_ttl <= grants.default_ttl <= grants.max_ttl:
         raise ConfigError(f"'grants' in {source}: need min_ttl <= default_ttl <= max_ttl")
+    if config.server.heartbeat < timedelta(seconds=1) or (
+        config.server.node_timeout < 2 * config.server.heartbeat
+    ):
+        raise ConfigError(
+            f"'server' in {source}: need heartbeat >= 1s and node_timeout >= 2 x heartbeat"
+        )
+    if config.store.url:
+        _check_store_url(config.store.url, source)
     split_host_port(config.server.listen, "server.listen", source)
     server = config.server
     if server.log_format not in LOG_FORMATS:
@@ -436,6 +458,22 @@ def _check_consistency(config: Config, source: Path) -> None:
         )
     if config.server.advertise:
         split_host_port(config.server.advertise, "server.advertise", source)
+
+
+def _check_store_url(url: str, source: Path) -> None:
+    """A libpq URL (the password in it, if any, is never repeated in a message)."""
+    where = f"'store.url' in {source}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ConfigError(f"{where} is not a valid URL") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"{where} must be a postgresql:// URL (got scheme {parts.scheme or 'none'!r})"
+        )
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{where} must name a database: postgresql://USER@HOST:PORT/DATABASE")
 
 
 def load_config(home: Path) -> Config:

@@ -185,6 +185,8 @@ class EndReason(enum.StrEnum):
     BASTION_SHUTDOWN = "bastion-shutdown"
     BASTION_CRASH = "bastion-crash"
     RECORDING_FAILED = "recording-failed"
+    # Another node found this session's node silent for longer than `server.node_timeout`.
+    NODE_LOST = "node-lost"
 
 
 @dataclass(frozen=True)
@@ -413,4 +415,33 @@ class AccessRequest:
             "decided_by": self.decided_by,
             "decision_reason": self.decision_reason,
             "grant": self.grant_id,
+        }
+
+
+@dataclass(frozen=True)
+class Node:
+    """One `bastion serve` sharing the store: where it listens and when it last said so."""
+
+    name: str
+    address: str
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None = None  # a clean stop
+    lost_at: datetime | None = None  # declared lost by another node (its sessions ended)
+
+    def state(self, now: datetime, timeout: timedelta) -> str:
+        if self.stopped_at is not None:
+            return "stopped"
+        if self.lost_at is not None:
+            return "lost"
+        return "alive" if now - self.heartbeat_at <= timeout else "silent"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "started_at": self.started_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat(),
+            "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
+            "lost_at": self.lost_at.isoformat() if self.lost_at else None,
         }

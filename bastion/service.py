@@ -57,8 +57,7 @@ from bastion.models import (
     TargetSecret,
 )
 from bastion.recording import seal
-from bastion.store import Store, StoreTx
-from bastion.store.sqlite import SqliteStore
+from bastion.store import Store, StoreTx, open_store
 from bastion.timespec import format_duration, format_time
 
 
@@ -144,8 +143,14 @@ def initialize(home: Home, clock: Clock, actor: str, passphrase: bytes | None) -
         _check_public_key_file(host_pub, home.host_key, public_line(host_key.public_key()))
     else:
         _check_no_public_key_without_key(host_pub, home.host_key)
+    shared = bool(home.config.store.url)
     store_existed = home.store_path.exists()
-    store = SqliteStore(home.store_path) if store_existed else None
+    store: Store | None = None
+    if shared or store_existed:
+        store, was_empty = _open_store_for_init(home)
+        if shared:
+            store_existed = not was_empty
+            _check_shared_ca(store, ca)
 
     created: list[str] = []
     kept: list[str] = []
@@ -183,8 +188,10 @@ def initialize(home: Home, clock: Clock, actor: str, passphrase: bytes | None) -
             made.append(home.config_path)
             created.append("bastion.toml")
         if store is None:
-            store = SqliteStore(home.store_path)
-        (kept if store_existed else created).append(home.config.store.path)
+            store = open_store(home.config, home.root, schema="upgrade")
+        (kept if store_existed else created).append(
+            store.location if shared else home.config.store.path
+        )
         # Whenever this CA's creation is not on record (a new CA, a CA made by an init
         # that failed later, or a key brought along), record it now.
         with store.transaction() as tx:
@@ -207,6 +214,37 @@ def initialize(home: Home, clock: Clock, actor: str, passphrase: bytes | None) -
         kept=tuple(kept),
         ca_public_line=ca.public_line,
         host_public_line=host_line,
+    )
+
+
+def _open_store_for_init(home: Home) -> tuple[Store, bool]:
+    """The store, its schema created if it was empty (then True); one behind needs `migrate`."""
+    store = open_store(home.config, home.root, schema="any")
+    try:
+        empty = store.schema_version() == 0
+        if empty:
+            store.migrate()
+        else:
+            store.close()
+            store = open_store(home.config, home.root)
+    except BaseException:
+        store.close()
+        raise
+    return store, empty
+
+
+def _check_shared_ca(store: Store, ca: CertificateAuthority | None) -> None:
+    """On a shared store, every node must use the CA the store already knows."""
+    known = [
+        e.details.get("ca_fingerprint") for e in store.audit_events_after(0, ("ca.initialized",))
+    ]
+    if not known or (ca is not None and ca.fingerprint in known):
+        return
+    store.close()
+    what = "has no CA key" if ca is None else f"has another CA ({ca.fingerprint})"
+    raise KeyMaterialError(
+        f"the shared state store {store.location} belongs to CA {known[-1]} but this home"
+        f" {what}: copy keys/ca, keys/ca.pub and keys/host_ed25519* from the first node"
     )
 
 
@@ -282,9 +320,9 @@ class Bastion:
 
     @classmethod
     def open(cls, home: Home, clock: Clock, actor: str, passphrase: bytes | None = None) -> Bastion:
-        if not home.store_path.exists():
+        if not home.config.store.url and not home.store_path.exists():
             raise NotFound(f"no bastion state in {home.root}: run `bastion init` first")
-        return cls(home, SqliteStore(home.store_path), clock, actor, passphrase)
+        return cls(home, open_store(home.config, home.root), clock, actor, passphrase)
 
     def close(self) -> None:
         self.store.close()
@@ -699,8 +737,18 @@ class Bastion:
             raise NotFound(f"recording of {session_id} was pruned")
         path = self.home.recordings_dir / recording.path
         if not path.is_file():
-            raise NotFound(f"recording file of {session_id} is missing: {path}")
+            raise NotFound(self._missing_recording(recording, path))
         return path
+
+    def _missing_recording(self, recording: Recording, path: Path) -> str:
+        here = self.home.config.server.node_name
+        if recording.node != here:
+            return (
+                f"recording of {recording.session_id} was written on node {recording.node} and"
+                f" is not reachable from this node ({here}): no {path}; share the recordings"
+                " directory between nodes (see README) or run this on that node"
+            )
+        return f"recording file of {recording.session_id} is missing: {path}"
 
     def readable_recordings(
         self,
@@ -735,6 +783,9 @@ class Bastion:
         sealed = seals[-1].details
         path = self.home.recordings_dir / recording.path
         if not path.exists():
+            if recording.node != self.home.config.server.node_name:
+                detail = self._missing_recording(recording, path)
+                return RecordingCheck(recording, ok=False, detail=detail)
             return RecordingCheck(recording, ok=False, detail=f"file deleted: {path}")
         digest, size = seal.file_sha256(path)
         if digest != sealed.get("sha256"):
@@ -760,6 +811,9 @@ class Bastion:
             ended_before=now - older_than,
             states=(RecordingState.CLOSED, RecordingState.CRASHED, RecordingState.FAILED),
         )
+        # Files another node wrote that this node can't see are left for that node to prune.
+        here = self.home.config.server.node_name
+        old = [r for r in old if r.node == here or (self.home.recordings_dir / r.path).exists()]
         if dry_run or not old:
             return old
         for recording in old:

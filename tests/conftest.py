@@ -12,6 +12,8 @@ import pytest
 
 from tests.peers import PG_BIN, SSHD_BIN, Postgres, Sshd
 
+pytest_plugins = ["tests.store_backends"]  # the `backend` fixture: SQLite and PostgreSQL
+
 
 def _missing(*tools: str | Path) -> list[str]:
     return [str(t) for t in tools if shutil.which(str(t)) is None]

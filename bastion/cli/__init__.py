@@ -12,6 +12,7 @@ from bastion.cli import (  # noqa: F401  (registers)
     audit,
     enrollment,
     grants,
+    nodes,
     ops,
     recordings,
     sessions,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from bastion.models import (
     AccessRequest,
@@ -15,6 +16,7 @@ from bastion.models import (
     AuditEvent,
     EndReason,
     Grant,
+    Node,
     Recording,
     RecordingState,
     RequestState,
@@ -23,6 +25,21 @@ from bastion.models import (
     Target,
     TargetSecret,
 )
+
+# How opening a store treats its schema version. "check": refuse one that is behind
+# (SQLite upgrades it instead, see sqlite.py); "upgrade": apply what is missing (init,
+# migrate); "any": open as it is (`migrate --dry-run`). A newer schema is always refused.
+SchemaPolicy = Literal["check", "upgrade", "any"]
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What `Store.migrate` found and did (or, for a dry run, would do)."""
+
+    location: str  # the store, as it may be shown (a URL without its password)
+    from_version: int
+    to_version: int
+    pending: tuple[int, ...]  # the versions that were (or would be) applied
 
 
 class StoreTx(Protocol):
@@ -105,6 +122,16 @@ class StoreTx(Protocol):
         """Decide a pending request (a request already decided is left as it is)."""
         ...
 
+    def register_node(self, name: str, address: str, at: datetime) -> None: ...
+
+    def heartbeat_node(self, name: str, at: datetime) -> Node | None: ...
+
+    def stop_node(self, name: str, at: datetime) -> None: ...
+
+    def silent_nodes(self, silent_since: datetime) -> list[Node]: ...
+
+    def mark_node_lost(self, name: str, at: datetime) -> None: ...
+
 
 class Store(Protocol):
     def transaction(self) -> AbstractContextManager[StoreTx]: ...
@@ -162,6 +189,25 @@ class Store(Protocol):
         ended_before: datetime | None = None,
     ) -> list[Recording]: ...
 
+    def list_nodes(self) -> list[Node]: ...
+
+    @property
+    def location(self) -> str:
+        """The store as it may be shown: a file path, or a URL without its password."""
+        ...
+
     def schema_version(self) -> int: ...
+
+    def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Apply the pending schema migrations (none with `dry_run`) in one transaction."""
+        ...
+
+    def listen_for_changes(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `wake` (from any thread) soon after each audit append by any process.
+
+        Returns a function that stops listening, or None when the backend can't push
+        (SQLite): the caller then polls.
+        """
+        ...
 
     def close(self) -> None: ...

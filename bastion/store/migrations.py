@@ -184,4 +184,21 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append(
+    (
+        5,
+        [
+            # Nodes sharing one store: each `bastion serve` registers and heartbeats here.
+            """CREATE TABLE nodes (
+                name TEXT PRIMARY KEY,
+                address TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                heartbeat_at TEXT NOT NULL,
+                stopped_at TEXT,
+                lost_at TEXT
+            )""",
+            "CREATE INDEX sessions_node ON sessions (node, ended_at)",
+        ],
+    )
+)
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -281,3 +281,43 @@ def test_bad_operations_settings_name_key_and_file(
     assert f"'{key}'" in message
     assert why in message
     assert str(tmp_path / "bastion.toml") in message
+
+
+def test_store_url_and_node_timing_are_read(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        '[server]\nheartbeat = "1s"\nnode_timeout = "5s"\n'
+        '[store]\nurl = "postgresql://bastion:pw@db.internal:5432/bastion?sslmode=require"\n',
+    )
+    config = load_config(tmp_path)
+    assert config.store.url.startswith("postgresql://bastion:pw@db.internal")
+    assert (config.server.heartbeat, config.server.node_timeout) == (
+        timedelta(seconds=1),
+        timedelta(seconds=5),
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("mysql://u:hunter2@h/db", "must be a postgresql:// URL (got scheme 'mysql')"),
+        ("u:hunter2@h/db", "must be a postgresql:// URL"),
+        ("postgresql://u:hunter2@h:99x/db", "is not a valid URL"),
+        ("postgresql://u:hunter2@h:5432", "must name a database"),
+    ],
+)
+def test_bad_store_url_is_refused_without_its_password(tmp_path: Path, url: str, why: str) -> None:
+    message = config_error(tmp_path, f'[store]\nurl = "{url}"\n')
+    assert message.startswith(f"'store.url' in {tmp_path / 'bastion.toml'} ")
+    assert why in message
+    assert "hunter2" not in message
+
+
+def test_store_path_and_url_exclude_each_other(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[store]\npath = "s.db"\nurl = "postgresql://h/db"\n')
+    assert "set either 'store.path' (SQLite) or 'store.url'" in message
+
+
+def test_node_timeout_must_exceed_heartbeats(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[server]\nheartbeat = "5s"\nnode_timeout = "6s"\n')
+    assert "node_timeout >= 2 x heartbeat" in message

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
         "logs",
     },
     {"ca", "store", "recording", "notify", "sdnotify", "metrics"},
-    {"service", "accessrequests", "doctor"},
+    {"service", "accessrequests", "doctor", "cluster"},
     {"gatekeeper"},
     {"transport"},
     {"daemon"},
