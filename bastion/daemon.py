@@ -35,7 +35,9 @@ log = logging.getLogger("bastion")
 
 
 def needs_init(home: Home) -> bool:
-    return not (home.ca_key.exists() and home.host_key.exists() and home.store_path.exists())
+    # A shared (PostgreSQL) store is never "missing": only the keys can be.
+    store_there = bool(home.config.store.url) or home.store_path.exists()
+    return not (home.ca_key.exists() and home.host_key.exists() and store_there)
 
 
 async def serve(
@@ -122,6 +124,7 @@ async def _serve(
         gateway.stop_accepting()
         notifier.stopping(f"stopping: closing {count} live connections")
         await gateway.shutdown(grace=server.shutdown_grace.total_seconds())
+        gate.stop_node()
     finally:
         if watchdog is not None:
             watchdog.cancel()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -86,6 +86,7 @@ class Gatekeeper:
         details = {
             "login": username,
             "client": client,
+            "node": self.node,
             "serial": cert.serial,
             "key_id": cert.key_id,
             "key_fingerprint": cert.key_fingerprint,
@@ -467,6 +468,65 @@ class Gatekeeper:
 
     def changes_after(self, seq: int) -> list[AuditEvent]:
         return self.store.audit_events_after(seq, WATCHED_ACTIONS)
+
+    def listen_for_changes(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Have `wake` called on each change (PostgreSQL); None: poll instead (SQLite)."""
+        return self.store.listen_for_changes(wake)
+
+    # -- nodes ------------------------------------------------------------------
+
+    def register_node(self, address: str) -> None:
+        now = self.now()
+        with self.store.transaction() as tx:
+            tx.register_node(self.node, address, now)
+            tx.append_audit(now, "gateway", "node.started", {"node": self.node, "address": address})
+
+    def heartbeat(self) -> bool:
+        """Say this node is alive; False if another node has meanwhile declared it lost."""
+        with self.store.transaction() as tx:
+            node = tx.heartbeat_node(self.node, self.now())
+        return node is not None and node.lost_at is None
+
+    def stop_node(self) -> None:
+        now = self.now()
+        with self.store.transaction() as tx:
+            tx.stop_node(self.node, now)
+            tx.append_audit(now, "gateway", "node.stopped", {"node": self.node})
+
+    def reap_lost_nodes(self, timeout: timedelta) -> dict[str, list[str]]:
+        """End the live sessions of nodes silent for longer than `timeout` (`node-lost`).
+
+        Every surviving node runs this; the silent nodes are chosen again inside the
+        (serialized) write transaction, so a node is declared lost, and audited, once.
+        Returns node -> the session ids ended.
+        """
+        now = self.now()
+        silent_since = now - timeout
+        if not any(
+            n.stopped_at is None and n.lost_at is None and n.heartbeat_at < silent_since
+            for n in self.store.list_nodes()
+        ):
+            return {}
+        ended: dict[str, list[str]] = {}
+        with self.store.transaction() as tx:
+            for node in tx.silent_nodes(silent_since):
+                if node.name == self.node:
+                    continue
+                ids = tx.end_active_sessions(node.name, now, EndReason.NODE_LOST)
+                tx.mark_node_lost(node.name, now)
+                tx.append_audit(
+                    now,
+                    "gateway",
+                    "node.lost",
+                    {
+                        "node": node.name,
+                        "declared_by": self.node,
+                        "last_heartbeat": node.heartbeat_at.isoformat(),
+                        "sessions": ids,
+                    },
+                )
+                ended[node.name] = ids
+        return ended
 
 
 def _log_login(

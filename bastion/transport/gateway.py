@@ -33,6 +33,8 @@ log = logging.getLogger("bastion.gateway")
 # AES-GCM (which every OpenSSH since 6.2 supports) makes clients use it.
 LISTEN_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 POLL_INTERVAL = 0.2
+# With a store that pushes changes (PostgreSQL LISTEN/NOTIFY) the poll is only a fallback.
+FALLBACK_POLL_INTERVAL = 2.0
 FLUSH_INTERVAL = 0.5
 
 
@@ -63,6 +65,10 @@ class Gateway:
         self.notifier = Notifier(config.requests)
         self._server: Any = None
         self._watcher: asyncio.Task[None] | None = None
+        self._membership: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._stop_listening: Any = None
+        self._address = ""
         self._cursor = 0
         # Where agents reach this gateway, as printed in `ssh` lines it gives them.
         self.advertised = config.server.advertised_host_port
@@ -95,20 +101,34 @@ class Gateway:
             reuse_address=True,
         )
         self._cursor = self.gate.last_change()
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # called on the store's listener thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(self._changed.set)
+
+        self._stop_listening = self.gate.listen_for_changes(wake)
         self._watcher = asyncio.ensure_future(self._watch())
         self._flusher = asyncio.ensure_future(self._flush_recordings())
         sockets = self._server.sockets
         bound = int(sockets[0].getsockname()[1]) if sockets else port
         if not self.config.server.advertise:
             self.advertised = (host, bound)
+        self._address = f"{host}:{bound}"
+        self.gate.register_node(self._address)
+        self._membership = asyncio.ensure_future(self._keep_membership())
         return bound
 
     def stop_accepting(self) -> None:
         """Close the listener: new connections are refused from now on."""
         if self._server is not None:
             self._server.close()
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._membership):
+            if task is not None:
+                task.cancel()
+        stop_listening, self._stop_listening = self._stop_listening, None
+        if stop_listening is not None:
+            stop_listening()
 
     async def shutdown(
         self,
@@ -239,12 +259,44 @@ class Gateway:
     # -- the change feed ---------------------------------------------------------
 
     async def _watch(self) -> None:
+        interval = POLL_INTERVAL if self._stop_listening is None else FALLBACK_POLL_INTERVAL
         while True:
-            await asyncio.sleep(POLL_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), interval)
+            self._changed.clear()
             try:
                 self.poll_changes()
             except Exception:
                 log.exception("reading the change feed failed; retrying")
+
+    # -- nodes -------------------------------------------------------------------
+
+    async def _keep_membership(self) -> None:
+        """Heartbeat; end the sessions of nodes gone silent; notice being declared lost."""
+        server = self.config.server
+        while True:
+            await asyncio.sleep(server.heartbeat.total_seconds())
+            try:
+                if not self.gate.heartbeat():
+                    self._declared_lost()
+                for node, ids in self.gate.reap_lost_nodes(server.node_timeout).items():
+                    log.warning(
+                        "node %s is silent: ended its %d sessions (node-lost)", node, len(ids)
+                    )
+            except Exception:
+                log.exception("node heartbeat failed; retrying")
+
+    def _declared_lost(self) -> None:
+        """Another node ended this node's sessions while it was silent: end them here too."""
+        log.error(
+            "this node (%s) was declared lost by another node; closing its sessions", self.gate.node
+        )
+        for conn in list(self.connections):
+            conn.close_all(
+                EndReason.NODE_LOST,
+                f"the bastion node {self.gate.node} lost contact with the cluster - session closed",
+            )
+        self.gate.register_node(self._address)
 
     def poll_changes(self) -> None:
         for event in self.gate.changes_after(self._cursor):

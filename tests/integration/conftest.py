@@ -25,6 +25,7 @@ import pty
 import re
 import secrets
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -650,7 +651,16 @@ def echo_server() -> Iterator[EchoServer]:
 # -- homes and gateways --------------------------------------------------------------
 
 
-def make_home(base: Path, sshd: Sshd, login_key: Path, echo_port: int) -> Path:
+def make_home(
+    base: Path,
+    sshd: Sshd,
+    login_key: Path,
+    echo_port: int,
+    *,
+    extra_config: str = "",
+    keys_from: Path | None = None,
+    add_targets: bool = True,
+) -> Path:
     """An initialized home with short TTL floor/approval wait and these targets:
 
     - `prod-web`: the sshd target, as `bastion-t`, host key pinned;
@@ -661,10 +671,19 @@ def make_home(base: Path, sshd: Sshd, login_key: Path, echo_port: int) -> Path:
       PostgreSQL target speaks the PostgreSQL protocol, which the echo server does not);
     - `raw-echo`: an SSH-kind target registered at the TCP echo server, so that a forward
       to it (`-L PORT:raw-echo:22`) is relayed as plain bytes.
+
+    Several nodes on one shared store: `extra_config` adds to bastion.toml (the store
+    URL, the node name), `keys_from` is the first node's home whose CA and host key this
+    one copies, and `add_targets=False` leaves the (shared) targets alone.
     """
     home = base / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "bastion.toml").write_text(CONFIG + extra_config)
+    if keys_from is not None:
+        shutil.copytree(keys_from / "keys", home / "keys")
     cli(home, "init")
-    (home / "bastion.toml").write_text(CONFIG)
+    if not add_targets:
+        return home
     for name in ("prod-web", "gated-web"):
         cli(
             home,
