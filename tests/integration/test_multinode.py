@@ -6,8 +6,9 @@ operator sets a second node up. What one node's CLI decides, the other node carr
 out: a grant issued through A logs in on B; a revoke through A closes B's session
 within a second (LISTEN/NOTIFY); an approval through A releases B's waiting command.
 A third node killed with SIGKILL has its sessions ended `node-lost` by the survivors,
-once. Concurrent writers on both homes keep one valid audit chain, and 200
-concurrent certificate logins spread over both nodes all succeed.
+once. Concurrent writers on both homes keep one valid audit chain, 200 concurrent
+certificate logins spread over both nodes all succeed, and a PostgreSQL statement held
+on B is released by an approval through A.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from tests.integration import pg_helpers as pg
 from tests.integration.conftest import (
     BASTION_BIN,
     LOOPBACK,
     EchoServer,
     Server,
+    cli,
     kill_target_processes,
     make_home,
     target_processes,
@@ -264,3 +267,34 @@ def test_200_concurrent_logins_spread_over_both_nodes(cluster: Cluster) -> None:
     assert per_node == {"node-a": 100, "node-b": 100}
     verified = cluster.b.run_cli("audit", "verify")
     assert verified.returncode == 0, verified.stderr
+
+
+def test_a_statement_approval_through_a_releases_a_drop_waiting_on_b(
+    cluster: Cluster, store_server: Postgres
+) -> None:
+    name = "cross-db"  # the session's PostgreSQL, which also holds the shared store
+    cli(
+        cluster.a.home,
+        *("target", "add-postgres", name, "--host", LOOPBACK),
+        *("--port", str(store_server.port), "--database", pg.APP_DB),
+        *("--user", pg.APP_USER, "--password-env", "PW"),
+        env={"PW": pg.APP_PASSWORD},
+    )
+    table = f"cross_{secrets.token_hex(4)}"
+    store_server.psql(
+        f"CREATE TABLE {table} (id int); ALTER TABLE {table} OWNER TO app", db=pg.APP_DB
+    )
+    grant = pg.issue(cluster.a, name)
+    tunnel = pg.open_tunnel(cluster.b, grant, name)
+    try:
+        client = pg.spawn_psql(tunnel.port, f"DROP TABLE {table}")
+        approval_id = client.wait_stderr(pg.APPROVAL_NOTICE).group(1)
+        assert client.running()
+        cluster.a.cli("approvals", "approve", approval_id, actor="alice")
+        assert client.wait(10) == 0, client.stderr
+        assert client.stdout == "DROP TABLE\n"
+        assert f"[bastion] approved by alice ({approval_id})" in client.stderr
+        gone = store_server.psql(f"SELECT to_regclass('{table}') IS NULL", db=pg.APP_DB)
+        assert gone.strip() == "t"
+    finally:
+        tunnel.stop()
