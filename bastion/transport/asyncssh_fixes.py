@@ -6,6 +6,17 @@ paused session. A slow reader then makes the gateway buffer without bound (measu
 45 MB for a 50 MB upload). The fix credits the peer only for bytes actually handed
 to the session, which keeps at most about one window buffered per channel at no cost
 in throughput. (Apache MINA sshd had the same bug.)
+
+asyncssh also sends an empty SSH_MSG_IGNORE before every packet once keys are in use:
+the RFC 4251 (9.3.1) countermeasure to chosen-plaintext attacks on CBC mode. It doubles
+the packets, the encryptions and the `send()` calls of every data packet. The gateway
+and its upstream only negotiate AEAD ciphers (AES-GCM, offered first, or
+chacha20-poly1305), to which the attack doesn't apply and for which OpenSSH never sends
+them; the fix drops the inserted packet for those ciphers and keeps it for any other.
+
+Last, asyncssh formats a log line for every packet sent and received before its logger
+decides to drop it (packet logging is on only at debug level 3); the fix skips the
+formatting unless that level is set.
 """
 
 from __future__ import annotations
@@ -14,9 +25,12 @@ from typing import Any
 
 import asyncssh
 from asyncssh.channel import SSHChannel
-from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
+from asyncssh.connection import SSHConnection
+from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
+from asyncssh.encryption import ChachaEncryption, GCMEncryption
+from asyncssh.logging import SSHLogger
 from asyncssh.misc import ProtocolError
-from asyncssh.packet import UInt32
+from asyncssh.packet import SSHPacketLogger, UInt32
 
 PINNED_VERSION = "2.24.1"
 _applied = False
@@ -33,7 +47,28 @@ def apply() -> None:
             " its flow-control fix patches that version's internals"
         )
     SSHChannel._deliver_data = _deliver_data  # type: ignore[method-assign]
+    send_packet = SSHConnection.send_packet
+
+    def send_packet_without_cbc_padding(
+        self: Any, pkttype: int, *args: bytes, handler: Any = None
+    ) -> None:
+        # asyncssh itself sends MSG_IGNORE only as that countermeasure.
+        if pkttype == MSG_IGNORE and isinstance(self._send_encryption, _AEAD):
+            return
+        send_packet(self, pkttype, *args, handler=handler)
+
+    SSHConnection.send_packet = send_packet_without_cbc_padding  # type: ignore[method-assign]
+    log_packet = SSHPacketLogger._log_packet
+
+    def log_packet_when_logged(self: Any, *args: Any) -> None:
+        if SSHLogger._debug_level >= 3:
+            log_packet(self, *args)
+
+    SSHPacketLogger._log_packet = log_packet_when_logged  # type: ignore[method-assign,assignment]
     _applied = True
+
+
+_AEAD = (GCMEncryption, ChachaEncryption)
 
 
 def _deliver_data(self: Any, data: bytes, datatype: int | None) -> None:
