@@ -124,6 +124,20 @@ hook_timeout = "5s"
 # auto_approve_hours = "Mon-Fri 09:00-18:00"
 # auto_approve_timezone = "Europe/Paris"
 # auto_approve_max_ttl = "30m"
+
+[web]
+# The auditors' and approvers' web console. Empty: `bastion serve` runs none (start it
+# on its own with `bastion web`). Loopback unless TLS is configured below.
+listen = ""
+# PEM certificate (chain) and key, relative to the home; required off loopback.
+tls_cert = ""
+tls_key = ""
+# How long a console sign-in lasts, and a `bastion web login-link` stays usable.
+session_ttl = "12h"
+login_link_ttl = "15m"
+# Sign-in throttling: this many failures per user and per client address in the window.
+signin_limit = 5
+signin_window = "15m"
 """
 
 
@@ -199,6 +213,34 @@ class RequestsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    listen: str = ""  # empty: `bastion serve` runs no web console
+    tls_cert: str = ""
+    tls_key: str = ""
+    session_ttl: timedelta = timedelta(hours=12)
+    login_link_ttl: timedelta = timedelta(minutes=15)
+    signin_limit: int = 5
+    signin_window: timedelta = timedelta(minutes=15)
+
+
+DEFAULT_WEB_LISTEN = "127.0.0.1:8443"
+
+
+def check_web_listen(
+    listen: str, tls: bool, key: str, source: Path | None = None
+) -> tuple[str, int]:
+    """HOST:PORT for the web console: off loopback only with TLS (passwords and cookies)."""
+    host, port = split_host_port(listen, key, source)
+    if not tls and not is_loopback(host):
+        where = f"'{key}' in {source}" if source is not None else key
+        raise ConfigError(
+            f"{where}: {host} is not a loopback address; the web console listens off"
+            " loopback only with TLS (a certificate and key)"
+        )
+    return host, port
+
+
+@dataclass(frozen=True)
 class TargetPolicy:
     """Per-target overrides from a `[targets.NAME]` table."""
 
@@ -232,6 +274,7 @@ class Config:
     grants: GrantsConfig = field(default_factory=GrantsConfig)
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     requests: RequestsConfig = field(default_factory=RequestsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     targets: dict[str, TargetPolicy] = field(default_factory=dict)
 
     def command_rules(self, target: str) -> tuple[CommandRule, ...]:
@@ -287,6 +330,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "grants": GrantsConfig,
     "approvals": ApprovalsConfig,
     "requests": RequestsConfig,
+    "web": WebConfig,
 }
 _RULE_LISTS = {"commands"}
 _STATEMENT_LISTS = {"statements"}
@@ -444,6 +488,7 @@ def _check_consistency(config: Config, source: Path) -> None:
         )
     if config.store.url:
         _check_store_url(config.store.url, source)
+    _check_web(config.web, source)
     split_host_port(config.server.listen, "server.listen", source)
     server = config.server
     if server.log_format not in LOG_FORMATS:
@@ -474,6 +519,21 @@ def _check_store_url(url: str, source: Path) -> None:
         )
     if not parts.path.strip("/"):
         raise ConfigError(f"{where} must name a database: postgresql://USER@HOST:PORT/DATABASE")
+
+
+def _check_web(web: WebConfig, source: Path) -> None:
+    if bool(web.tls_cert) != bool(web.tls_key):
+        raise ConfigError(f"'web' in {source}: give both tls_cert and tls_key, or neither")
+    if web.listen:
+        check_web_listen(web.listen, bool(web.tls_cert), "web.listen", source)
+    if not timedelta(minutes=5) <= web.session_ttl <= timedelta(days=7):
+        raise ConfigError(f"'web.session_ttl' in {source} must be between 5m and 7d")
+    if not timedelta(minutes=1) <= web.login_link_ttl <= timedelta(hours=24):
+        raise ConfigError(f"'web.login_link_ttl' in {source} must be between 1m and 24h")
+    if not 1 <= web.signin_limit <= 1000:
+        raise ConfigError(f"'web.signin_limit' in {source} must be between 1 and 1000")
+    if not timedelta(seconds=1) <= web.signin_window <= timedelta(days=1):
+        raise ConfigError(f"'web.signin_window' in {source} must be between 1s and 1d")
 
 
 def load_config(home: Path) -> Config:

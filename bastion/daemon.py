@@ -3,7 +3,9 @@
 config -> store -> service -> gatekeeper -> gateway; signals; recovery of sessions a
 crash left open; the metrics endpoint; systemd's notify protocol (READY=1 once the
 listener is bound, STATUS= lines, WATCHDOG=1 pings, STOPPING=1 at SIGTERM). First start
-on a fresh home runs `init` (CA, host key, store).
+on a fresh home runs `init` (CA, host key, store). With `[web] listen` set, the web
+console runs in the same process and event loop, on a service (and state store
+connection) of its own; `bastion web` runs the console alone.
 """
 
 from __future__ import annotations
@@ -13,23 +15,28 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from bastion.clock import Clock
 from bastion.config import (
+    DEFAULT_WEB_LISTEN,
     Home,
     ca_passphrase,
+    check_web_listen,
     metrics_host_port,
     notify_environment,
     split_host_port,
 )
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, InvalidInput
 from bastion.gatekeeper import Gatekeeper
 from bastion.keyfiles import load_private_key
 from bastion.metrics import Metrics, PrometheusMetrics
 from bastion.sdnotify import SystemdNotifier
 from bastion.service import Bastion, initialize
 from bastion.transport.gateway import Gateway
+from bastion.web.server import Tls, bind, run_console
 
 log = logging.getLogger("bastion")
 
@@ -85,6 +92,7 @@ async def _serve(
         if metrics_address is not None:
             metrics = PrometheusMetrics(gate.node)
         gateway = Gateway(gate, home.config, ca.public_line, str(home.host_key), metrics=metrics)
+        web = _web_socket(home) if home.config.web.listen else None
         bound = await gateway.listen(host, port)
         if isinstance(metrics, PrometheusMetrics) and metrics_address is not None:
             try:
@@ -104,6 +112,10 @@ async def _serve(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        console = None
+        if web is not None:
+            web_sock, tls = web
+            console = asyncio.create_task(_console(home, clock, web_sock, tls, stop))
         log.info(
             "listening on %s:%d (node %s, home %s)",
             host,
@@ -125,6 +137,8 @@ async def _serve(
         notifier.stopping(f"stopping: closing {count} live connections")
         await gateway.shutdown(grace=server.shutdown_grace.total_seconds())
         gate.stop_node()
+        if console is not None:
+            await console
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -142,3 +156,69 @@ def _metrics_address(home: Home, option: str | None) -> tuple[str, int] | None:
     if config.listen:
         return metrics_host_port(config.listen, config.allow_remote, "metrics.listen")
     return None
+
+
+def _web_socket(home: Home) -> tuple[socket.socket, Tls | None]:
+    web = home.config.web
+    tls = _tls(web.tls_cert, web.tls_key, home.root, "web.tls_cert/tls_key")
+    host, port = check_web_listen(web.listen or DEFAULT_WEB_LISTEN, tls is not None, "web.listen")
+    return _bind(host, port, "web.listen"), tls
+
+
+def _tls(cert: str | None, key: str | None, base: Path, what: str) -> Tls | None:
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise InvalidInput(f"{what}: give both the certificate and the key")
+    paths = Tls(base / cert, base / key)
+    for path in (paths.cert, paths.key):
+        if not path.is_file():
+            raise ConfigError(f"{what}: no such file {path}")
+    return paths
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        raise ConfigError(f"{what}: can't listen on {host}:{port}: {exc.strerror}") from None
+
+
+async def _console(
+    home: Home, clock: Clock, sock: socket.socket, tls: Tls | None, stop: asyncio.Event
+) -> None:
+    # Its own service and store connection: a slow page never holds the gateway's lock.
+    bastion = Bastion.open(home, clock, "web", ca_passphrase())
+    try:
+
+        def ready(url: str) -> None:
+            log.info("web console on %s", url, extra={"event": "web.listening", "url": url})
+
+        await run_console(bastion, clock, sock, tls, stop, ready)
+    finally:
+        bastion.close()
+
+
+async def serve_web(
+    home: Home,
+    clock: Clock,
+    listen: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
+    """`bastion web`: the console alone (the gateway may run elsewhere on the same store)."""
+    web = home.config.web
+    if tls_cert or tls_key:
+        tls = _tls(tls_cert, tls_key, Path.cwd(), "--tls-cert/--tls-key")
+    else:
+        tls = _tls(web.tls_cert, web.tls_key, home.root, "web.tls_cert/tls_key")
+    what = "--listen" if listen else "web.listen"
+    host, port = check_web_listen(listen or web.listen or DEFAULT_WEB_LISTEN, tls is not None, what)
+    if needs_init(home):
+        raise InvalidInput(f"no bastion state in {home.root}: run `bastion init` first")
+    sock = _bind(host, port, what)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await _console(home, clock, sock, tls, stop)

@@ -445,3 +445,48 @@ class Node:
             "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
             "lost_at": self.lost_at.isoformat() if self.lost_at else None,
         }
+
+
+class WebRole(enum.StrEnum):
+    """What a web console account may do (the matrix is `webpolicy.allowed`)."""
+
+    AUDITOR = "auditor"
+    APPROVER = "approver"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class WebUser:
+    """A person's web console account. The password is kept only as a bcrypt hash."""
+
+    name: str
+    role: WebRole
+    password_hash: str | None = field(repr=False)  # None: signs in by login link only
+    created_at: datetime
+    created_by: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role.value,
+            "password": self.password_hash is not None,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+        }
+
+
+class WebTokenKind(enum.StrEnum):
+    SESSION = "session"  # a signed-in browser (the cookie)
+    LINK = "link"  # a one-time login link, not used yet
+
+
+@dataclass(frozen=True)
+class WebToken:
+    """A web session or a one-time login link, known to the store only by its SHA-256."""
+
+    token_hash: str
+    kind: WebTokenKind
+    user: str
+    created_at: datetime
+    expires_at: datetime
+    client: str = ""

@@ -327,6 +327,10 @@ class Bastion:
     def close(self) -> None:
         self.store.close()
 
+    def acting_as(self, actor: str) -> Bastion:
+        """The same home, store and clock, acting for someone else (a web console user)."""
+        return Bastion(self.home, self.store, self.clock, actor, self._passphrase)
+
     def _audit_details_target(self, target: Target) -> dict[str, object]:
         return {k: v for k, v in target.public_dict().items() if k not in ("created_at",)}
 
@@ -764,6 +768,16 @@ class Bastion:
             if recording.state is not RecordingState.PRUNED and path.is_file():
                 found.append((recording, path))
         return found
+
+    def note_recording_viewed(self, session_id: str, how: str) -> None:
+        """Audit that someone watched a recording: it may show what was typed at prompts."""
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.clock.now(),
+                self.actor,
+                "recording.viewed",
+                {"session": session_id, "how": how},
+            )
 
     def verify_recording(self, session_id: str) -> RecordingCheck:
         """Recompute the file's SHA-256 and check it against the signed seal in the audit chain."""

@@ -17,6 +17,7 @@ from bastion.cli import (  # noqa: F401  (registers)
     recordings,
     sessions,
     targets,
+    web,
 )
 from bastion.cli.base import cli
 

@@ -24,6 +24,8 @@ from bastion.models import (
     Session,
     Target,
     TargetSecret,
+    WebToken,
+    WebUser,
 )
 
 # How opening a store treats its schema version. "check": refuse one that is behind
@@ -132,6 +134,22 @@ class StoreTx(Protocol):
 
     def mark_node_lost(self, name: str, at: datetime) -> None: ...
 
+    def get_web_user(self, name: str) -> WebUser | None: ...
+
+    def insert_web_user(self, user: WebUser) -> None: ...
+
+    def delete_web_user(self, name: str) -> None:
+        """Remove the account and, with it, its sessions and login links."""
+        ...
+
+    def insert_web_token(self, token: WebToken) -> None: ...
+
+    def delete_web_token(self, token_hash: str) -> bool:
+        """Remove one token; False if it was not there (a login link used twice)."""
+        ...
+
+    def delete_expired_web_tokens(self, now: datetime) -> int: ...
+
 
 class Store(Protocol):
     def transaction(self) -> AbstractContextManager[StoreTx]: ...
@@ -177,6 +195,12 @@ class Store(Protocol):
     ) -> list[AccessRequest]: ...
 
     def get_recording(self, session_id: str) -> Recording | None: ...
+
+    def get_web_user(self, name: str) -> WebUser | None: ...
+
+    def list_web_users(self) -> list[WebUser]: ...
+
+    def get_web_token(self, token_hash: str) -> WebToken | None: ...
 
     def list_recordings(
         self,

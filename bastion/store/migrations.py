@@ -201,4 +201,28 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append(
+    (
+        6,
+        [
+            # Web console accounts, and its sessions and login links by token hash.
+            """CREATE TABLE web_users (
+                name TEXT PRIMARY KEY,
+                role TEXT NOT NULL,
+                password_hash TEXT,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            )""",
+            """CREATE TABLE web_tokens (
+                token_hash TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                user_name TEXT NOT NULL REFERENCES web_users(name) ON DELETE CASCADE,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                client TEXT NOT NULL
+            )""",
+            "CREATE INDEX web_tokens_expires ON web_tokens (expires_at)",
+        ],
+    )
+)
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -27,6 +27,10 @@ from bastion.models import (
     SslMode,
     Target,
     TargetKind,
+    WebRole,
+    WebToken,
+    WebTokenKind,
+    WebUser,
 )
 
 # The key under which an audit event's details that aren't a JSON object are returned.
@@ -233,4 +237,25 @@ def node(row: Row) -> Node:
         heartbeat_at=dt(row["heartbeat_at"]),
         stopped_at=maybe_dt(row["stopped_at"]),
         lost_at=maybe_dt(row["lost_at"]),
+    )
+
+
+def web_user(row: Row) -> WebUser:
+    return WebUser(
+        name=row["name"],
+        role=WebRole(row["role"]),
+        password_hash=row["password_hash"],
+        created_at=dt(row["created_at"]),
+        created_by=row["created_by"],
+    )
+
+
+def web_token(row: Row) -> WebToken:
+    return WebToken(
+        token_hash=row["token_hash"],
+        kind=WebTokenKind(row["kind"]),
+        user=row["user_name"],
+        created_at=dt(row["created_at"]),
+        expires_at=dt(row["expires_at"]),
+        client=row["client"],
     )

@@ -32,6 +32,8 @@ from bastion.models import (
     Session,
     Target,
     TargetSecret,
+    WebToken,
+    WebUser,
 )
 from bastion.store import rows
 from bastion.store.base import MigrationReport
@@ -240,6 +242,16 @@ class SqlReads:
     def get_request(self, request_id: str) -> AccessRequest | None:
         found = self._query("SELECT * FROM access_requests WHERE id = ?", (request_id,))
         return _one(found, rows.request)
+
+    def get_web_user(self, name: str) -> WebUser | None:
+        return _one(self._query("SELECT * FROM web_users WHERE name = ?", (name,)), rows.web_user)
+
+    def list_web_users(self) -> list[WebUser]:
+        return [rows.web_user(r) for r in self._query("SELECT * FROM web_users ORDER BY name")]
+
+    def get_web_token(self, token_hash: str) -> WebToken | None:
+        found = self._query("SELECT * FROM web_tokens WHERE token_hash = ?", (token_hash,))
+        return _one(found, rows.web_token)
 
     def list_requests(
         self, *, pending_only: bool = True, task: str | None = None
@@ -541,6 +553,46 @@ class SqlTx:
 
     def delete_agent(self, name: str) -> None:
         self._x.rows("DELETE FROM agents WHERE name = ?", (name,))
+
+    def get_web_user(self, name: str) -> WebUser | None:
+        return _one(self._x.rows("SELECT * FROM web_users WHERE name = ?", (name,)), rows.web_user)
+
+    def insert_web_user(self, user: WebUser) -> None:
+        self._x.rows(
+            "INSERT INTO web_users (name, role, password_hash, created_at, created_by)"
+            " VALUES (?,?,?,?,?)",
+            (user.name, user.role.value, user.password_hash, ts(user.created_at), user.created_by),
+        )
+
+    def delete_web_user(self, name: str) -> None:
+        self._x.rows("DELETE FROM web_tokens WHERE user_name = ?", (name,))
+        self._x.rows("DELETE FROM web_users WHERE name = ?", (name,))
+
+    def insert_web_token(self, token: WebToken) -> None:
+        self._x.rows(
+            "INSERT INTO web_tokens (token_hash, kind, user_name, created_at, expires_at, client)"
+            " VALUES (?,?,?,?,?,?)",
+            (
+                token.token_hash,
+                token.kind.value,
+                token.user,
+                ts(token.created_at),
+                ts(token.expires_at),
+                token.client,
+            ),
+        )
+
+    def delete_web_token(self, token_hash: str) -> bool:
+        found = self._x.rows(
+            "DELETE FROM web_tokens WHERE token_hash = ? RETURNING token_hash", (token_hash,)
+        )
+        return len(found) == 1
+
+    def delete_expired_web_tokens(self, now: datetime) -> int:
+        found = self._x.rows(
+            "DELETE FROM web_tokens WHERE expires_at <= ? RETURNING token_hash", (ts(now),)
+        )
+        return len(found)
 
     def get_request(self, request_id: str) -> AccessRequest | None:
         found = self._x.rows("SELECT * FROM access_requests WHERE id = ?", (request_id,))

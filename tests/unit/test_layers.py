@@ -23,11 +23,12 @@ LAYERS: list[set[str]] = [
         "access",
         "keyfiles",
         "logs",
+        "webpolicy",
     },
     {"ca", "store", "recording", "notify", "sdnotify", "metrics"},
-    {"service", "accessrequests", "doctor", "cluster"},
+    {"service", "accessrequests", "doctor", "cluster", "webaccounts"},
     {"gatekeeper"},
-    {"transport"},
+    {"transport", "web"},
     {"daemon"},
     {"cli", "__main__"},
 ]
@@ -43,6 +44,7 @@ PURE = {
     "policy",
     "access",
     "requestpolicy",
+    "webpolicy",
 }
 IO_MODULES = {"socket", "asyncio", "asyncssh", "sqlite3", "psycopg", "subprocess"}
 
