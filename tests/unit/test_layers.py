@@ -103,3 +103,13 @@ def test_cli_reaches_the_network_and_store_only_through_the_service() -> None:
         assert not any(n.startswith(("bastion.transport", "bastion.store")) for n in imported), (
             module.name
         )
+
+
+def test_web_console_reaches_the_store_only_through_the_service() -> None:
+    modules = sorted((PACKAGE / "web").glob("*.py"))
+    assert modules
+    for module in modules:
+        imported = _imports(module)
+        assert not any(n.startswith(("bastion.transport", "bastion.store")) for n in imported), (
+            module.name
+        )
