@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import threading
 from collections.abc import Callable
@@ -85,6 +86,8 @@ class Console:
         self.templates.filters["time"] = lambda v: format_time(v) if v else ""
         self.templates.filters["duration"] = format_duration
         self.templates.filters["q"] = lambda v: quote(str(v), safe="")
+        # A link's moment, rounded up to the millisecond: never just before the frame.
+        self.templates.filters["at"] = lambda v: f"{math.ceil(float(v) * 1000) / 1000:.3f}"
 
     @property
     def accounts(self) -> WebAccounts:

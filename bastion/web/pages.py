@@ -111,7 +111,12 @@ def _recording_events(path: Path) -> tuple[list[Marker], list[dict[str, Any]]]:
                 except ValueError:
                     continue
                 if isinstance(entry, dict):
-                    statements.append({**_STATEMENT_FIELDS, **entry, "seconds": time})
+                    details = ", ".join(
+                        f"{k}={v}" for k, v in entry.items() if k not in ("event", "sql")
+                    )
+                    statements.append(
+                        {**_STATEMENT_FIELDS, **entry, "seconds": time, "details": details}
+                    )
     return markers, statements
 
 

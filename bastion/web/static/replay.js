@@ -26,7 +26,10 @@
   function create(startAt) {
     if (player) player.dispose();
     el.innerHTML = "";
-    const opts = Object.assign({ preload: true, startAt: startAt, speed: parseFloat(speed.value) }, base);
+    // The poster shows the screen at the start point before playing (not a blank one).
+    const opts = Object.assign({
+      preload: true, startAt: startAt, poster: "npt:" + startAt, speed: parseFloat(speed.value),
+    }, base);
     if (idle.value) opts.idleTimeLimit = parseFloat(idle.value);
     player = AsciinemaPlayer.create(el.dataset.cast, el, opts);
     window.bastionPlayer = player;
