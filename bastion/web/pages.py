@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import RedirectResponse, Response
 
 from bastion.accessrequests import AccessRequests
 from bastion.errors import InvalidInput, NotFound
-from bastion.models import ApprovalState, EndReason, RequestState, Session, SessionKind
+from bastion.models import (
+    AccessRequest,
+    Approval,
+    ApprovalState,
+    EndReason,
+    RequestState,
+    Session,
+    SessionKind,
+)
 from bastion.recording import format as fmt
 from bastion.recording.replay import Recording
 from bastion.recording.search import Match
@@ -29,6 +38,8 @@ from bastion.timespec import parse_duration, parse_when
 from bastion.web.app import Call
 from bastion.webaccounts import WebAccounts
 
+Decided = TypeVar("Decided", Approval, AccessRequest)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PAGE_SIZE = 200
 MAX_MATCHES = 200
 _STATEMENT_FIELDS: dict[str, Any] = {
@@ -223,29 +234,21 @@ def search(call: Call) -> Response:
 
 def approvals(call: Call) -> Response:
     service = call.service
-    requests = AccessRequests(service)
     every = service.list_approvals(include_all=True)
+    all_requests = AccessRequests(service).list_requests(include_all=True)
     now = call.console.clock.now()
-    pending = [a for a in every if a.state is ApprovalState.PENDING and a.expires_at > now]
-    decided = sorted(
-        (a for a in every if a.decided_at is not None),
-        key=lambda a: a.decided_at or now,
-        reverse=True,
-    )[:10]
-    all_requests = requests.list_requests(include_all=True)
-    waiting = [r for r in all_requests if r.state is RequestState.PENDING and r.expires_at > now]
-    answered = sorted(
-        (r for r in all_requests if r.decided_at is not None),
-        key=lambda r: r.decided_at or now,
-        reverse=True,
-    )[:10]
     return call.page(
         "approvals.html",
-        pending=pending,
-        decided=decided,
-        waiting=waiting,
-        answered=answered,
+        pending=[a for a in every if a.state is ApprovalState.PENDING and a.expires_at > now],
+        decided=_latest_decided(every),
+        waiting=[r for r in all_requests if r.state is RequestState.PENDING and r.expires_at > now],
+        answered=_latest_decided(all_requests),
     )
+
+
+def _latest_decided(items: Sequence[Decided]) -> list[Decided]:
+    decided = [item for item in items if item.decided_at is not None]
+    return sorted(decided, key=lambda item: item.decided_at or _EPOCH, reverse=True)[:10]
 
 
 def _verdict(call: Call) -> bool:

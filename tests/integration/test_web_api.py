@@ -27,10 +27,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from starlette.testclient import TestClient
 
 from bastion.accessrequests import AccessRequests
@@ -51,6 +48,7 @@ from bastion.service import Bastion
 from bastion.web.app import create_app, csrf_token
 from bastion.webaccounts import WebAccounts
 from tests.cli.conftest import add_ssh_target, make_key, ok, ok_json, pub
+from tests.integration.test_postgres_tls import _ca, _pem, _server_cert
 from tests.peers import free_port
 from tests.unit.recording_synth import header, write_recording
 
@@ -540,41 +538,25 @@ def test_revoke_kill_and_remove(fresh: Seeded, fresh_client: TestClient) -> None
 # -- a real uvicorn, with TLS ------------------------------------------------------------------
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    import ipaddress
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "web.crt", directory / "web.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a certificate for 127.0.0.1 it signed: (CA file, cert file, key file)."""
+    ca_key, ca = _ca("web console test CA")
+    key, cert = _server_cert(ca_key, ca)
+    paths = directory / "ca.pem", directory / "web.crt", directory / "web.key"
+    paths[0].write_bytes(_pem(ca))
+    paths[1].write_bytes(_pem(cert))
+    paths[2].write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    return cert_path, key_path
+    return paths
 
 
 def test_tls_console_over_real_uvicorn(seeded: Seeded, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    ca, cert, key = _tls_files(tmp_path)
     port = free_port()
     bastion = Path(sys.executable).with_name("bastion")
     log = tmp_path / "web.log"
@@ -591,7 +573,7 @@ def test_tls_console_over_real_uvicorn(seeded: Seeded, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         with httpx2.Client(
-            base_url=f"https://127.0.0.1:{port}", verify=ssl.create_default_context(cafile=cert)
+            base_url=f"https://127.0.0.1:{port}", verify=ssl.create_default_context(cafile=ca)
         ) as web:
             assert web.get("/sessions").status_code == 401
             form = web.get("/signin")

@@ -8,15 +8,7 @@ from pathlib import Path
 import pytest
 
 from bastion.config import ConfigError, WebConfig, check_web_listen, is_loopback, load_config
-
-
-def config_error(home: Path, text: str) -> str:
-    (home / "bastion.toml").write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        load_config(home)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
+from tests.unit.test_config import config_error
 
 
 def test_off_by_default(tmp_path: Path) -> None:
