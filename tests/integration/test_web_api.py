@@ -501,7 +501,7 @@ def test_access_requests_are_decided_in_the_console(
     assert (actor, details["state"], details["ttl_seconds"]) == ("alice", "approved", 300)
     service = Bastion.open(open_home(str(fresh.home)), SystemClock(), "t")
     try:
-        request = AccessRequests(service).get(fresh.request)
+        request = AccessRequests(service).get_request(fresh.request)
     finally:
         service.close()
     assert request.state is RequestState.APPROVED and request.decided_by == "alice"
