@@ -81,8 +81,12 @@ class PostgresBackend(Backend):
 
 
 def set_back_to_version_4(backend: Backend) -> None:
-    """Undo migration 5 by hand: the store an older bastion left."""
+    """Undo migrations 6 and 5 by hand: the store an older bastion left."""
     for statement in (
+        "DROP INDEX web_tokens_expires",
+        "DROP TABLE web_tokens",
+        "DROP TABLE web_users",
+        "DELETE FROM schema_version WHERE version = 6",
         "DROP INDEX sessions_node",
         "DROP TABLE nodes",
         "DELETE FROM schema_version WHERE version = 5",

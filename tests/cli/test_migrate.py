@@ -28,9 +28,9 @@ def test_migrate_sqlite(home: Path) -> None:
     assert ok(home, "migrate").stdout == f"{where}: schema version {LATEST_VERSION}, up to date\n"
     set_back_to_version_4(SqliteBackend(where))
     assert ok(home, "migrate", "--dry-run").stdout == (
-        f"{where}: schema version 4, would apply 5 (to version 5)\n"
+        f"{where}: schema version 4, would apply 5, 6 (to version 6)\n"
     )
-    assert ok(home, "migrate").stdout == f"{where}: migrated schema from version 4 to 5\n"
+    assert ok(home, "migrate").stdout == f"{where}: migrated schema from version 4 to 6\n"
     assert "up to date" in ok(home, "migrate", "--dry-run").stdout
 
 
@@ -72,11 +72,11 @@ def test_postgres_home_init_migrate_and_use(
     set_back_to_version_4(PostgresBackend(url))
     for args in (("target", "list"), ("serve", "--listen", f"127.0.0.1:{free_port()}")):
         line = assert_error(run(home, *args), STORE, "run `bastion migrate`")
-        assert f"state store {shown} has schema version 4, this bastion needs 5" in line
+        assert f"state store {shown} has schema version 4, this bastion needs 6" in line
     assert ok(home, "migrate", "--dry-run").stdout == (
-        f"{shown}: schema version 4, would apply 5 (to version 5)\n"
+        f"{shown}: schema version 4, would apply 5, 6 (to version 6)\n"
     )
-    assert ok(home, "migrate").stdout == f"{shown}: migrated schema from version 4 to 5\n"
+    assert ok(home, "migrate").stdout == f"{shown}: migrated schema from version 4 to 6\n"
     assert ok(home, "target", "list").stdout.startswith("no targets")
 
     # A newer one: refused everywhere, migrate included.

@@ -83,10 +83,14 @@ def test_a_schema_behind_is_reported_and_migrated(backend: Backend) -> None:
     store = backend.open("any")
     try:
         report = store.migrate(dry_run=True)
-        assert (report.from_version, report.to_version, report.pending) == (4, 4, (5,))
+        assert (report.from_version, report.to_version, report.pending) == (4, 4, (5, 6))
         assert store.schema_version() == 4
         report = store.migrate()
-        assert (report.from_version, report.to_version, report.pending) == (4, LATEST_VERSION, (5,))
+        assert (report.from_version, report.to_version, report.pending) == (
+            4,
+            LATEST_VERSION,
+            (5, 6),
+        )
         assert store.schema_version() == LATEST_VERSION
         assert store.list_nodes() == []
     finally:
@@ -447,3 +451,37 @@ def test_nodes_register_heartbeat_and_are_found_silent(store: Store) -> None:
         "10.0.0.3:2222",
         None,
     )
+
+
+# -- web console accounts and tokens ---------------------------------------------------
+
+
+def test_web_users_and_tokens(store: Store, backend: Backend) -> None:
+    from bastion.models import WebRole, WebToken, WebTokenKind, WebUser
+
+    alice = WebUser("alice", WebRole.APPROVER, "$2b$04$hash", NOW, "root")
+    carol = WebUser("carol", WebRole.AUDITOR, None, NOW, "root")
+    hour = timedelta(hours=1)
+    session = WebToken("h-session", WebTokenKind.SESSION, "alice", NOW, NOW + hour, "10.0.0.1")
+    link = WebToken("h-link", WebTokenKind.LINK, "carol", NOW, NOW + timedelta(minutes=5))
+    old = WebToken("h-old", WebTokenKind.SESSION, "carol", NOW - hour, NOW - timedelta(seconds=1))
+    with store.transaction() as tx:
+        tx.insert_web_user(alice)
+        tx.insert_web_user(carol)
+        for token in (session, link, old):
+            tx.insert_web_token(token)
+    assert store.list_web_users() == [alice, carol]
+    assert store.get_web_user("carol") == carol
+    assert store.get_web_token("h-session") == session
+    with pytest.raises(backend.integrity_error), store.transaction() as tx:
+        tx.insert_web_user(alice)
+    with store.transaction() as tx:
+        assert tx.delete_expired_web_tokens(NOW) == 1
+        # A login link is used once: the second delete finds nothing.
+        assert tx.delete_web_token("h-link") is True
+        assert tx.delete_web_token("h-link") is False
+    assert store.get_web_token("h-old") is None
+    with store.transaction() as tx:
+        tx.delete_web_user("alice")
+    assert store.get_web_user("alice") is None
+    assert store.get_web_token("h-session") is None  # the account's sessions went with it
