@@ -230,14 +230,13 @@ def check_web_listen(
     listen: str, tls: bool, key: str, source: Path | None = None
 ) -> tuple[str, int]:
     """HOST:PORT for the web console: off loopback only with TLS (passwords and cookies)."""
-    host, port = split_host_port(listen, key, source)
-    if not tls and not is_loopback(host):
-        where = f"'{key}' in {source}" if source is not None else key
-        raise ConfigError(
-            f"{where}: {host} is not a loopback address; the web console listens off"
-            " loopback only with TLS (a certificate and key)"
-        )
-    return host, port
+    return _loopback_unless(
+        listen,
+        tls,
+        key,
+        source,
+        "the web console listens off loopback only with TLS (a certificate and key)",
+    )
 
 
 @dataclass(frozen=True)
@@ -355,13 +354,23 @@ def metrics_host_port(
     value: str, allow_remote: bool, key: str, source: Path | None = None
 ) -> tuple[str, int]:
     """The metrics endpoint's address; off loopback only when `allow_remote` says so."""
+    return _loopback_unless(
+        value,
+        allow_remote,
+        key,
+        source,
+        "metrics are served on loopback only unless metrics.allow_remote = true",
+    )
+
+
+def _loopback_unless(
+    value: str, allowed: bool, key: str, source: Path | None, rule: str
+) -> tuple[str, int]:
+    """HOST:PORT that must be a loopback address unless `allowed`; `rule` says why."""
     host, port = split_host_port(value, key, source)
-    if not allow_remote and not is_loopback(host):
+    if not allowed and not is_loopback(host):
         where = f"'{key}' in {source}" if source is not None else key
-        raise ConfigError(
-            f"{where}: {host} is not a loopback address; metrics are served on loopback only"
-            " unless metrics.allow_remote = true"
-        )
+        raise ConfigError(f"{where}: {host} is not a loopback address; {rule}")
     return host, port
 
 
