@@ -116,7 +116,7 @@ class SqliteStore(SqlReads):
                     self._db.close()
                     raise
         except sqlite3.Error as exc:
-            raise StoreError(f"can't open state store {path}: {exc}") from None
+            raise StoreError(f"can't open state store {path}: {_describe(exc)}") from None
         except OSError as exc:
             raise StoreError(f"can't open state store {path}: {exc.strerror}") from None
         self._reads = _LockedExecutor(self._db, self._lock)
@@ -173,14 +173,30 @@ class SqliteStore(SqlReads):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(f"state store {self._path} is busy or unwritable: {exc}") from None
+                raise StoreError(
+                    f"state store {self._path} is busy or unwritable: {_describe(exc)}"
+                ) from None
             try:
                 yield SqlTx(_Executor(self._db))
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"can't commit to state store {self._path}: {exc}") from None
+                self._rollback()
+                raise StoreError(
+                    f"can't commit to state store {self._path}: {_describe(exc)}"
+                ) from None
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (a full disk, an interrupted
+        # statement): a second ROLLBACK would raise and hide the error that matters.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    """SQLite's message with its extended code (`disk I/O error (SQLITE_IOERR_FSYNC)`)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc)

@@ -294,17 +294,36 @@ class GatewayConnection(asyncssh.SSHServer):
         detail: str,
     ) -> None:
         self.gateway.metrics.session_closed(relay)
+        end = (relay.record, reason, status, relay.bytes_up, relay.bytes_down, detail)
+        if self.closing:
+            # A forced close (expiry, revocation, shutdown) often comes to many connections
+            # at once: each one's notice and exit go out first, in this turn of the loop,
+            # and the store writes follow in the next, instead of every client waiting for
+            # the records of those before it.
+            asyncio.get_running_loop().call_soon(self._write_end, *end)
+        else:
+            self._write_end(*end)
+
+    def _write_end(
+        self,
+        record: Any,
+        reason: EndReason,
+        status: int | None,
+        bytes_up: int,
+        bytes_down: int,
+        detail: str,
+    ) -> None:
         try:
             self.gate.close_session(
-                relay.record,
+                record,
                 reason,
                 exit_status=status,
-                bytes_up=relay.bytes_up,
-                bytes_down=relay.bytes_down,
+                bytes_up=bytes_up,
+                bytes_down=bytes_down,
                 detail=detail,
             )
         except Exception:
-            log.exception("could not record the end of session %s", relay.record.id)
+            log.exception("could not record the end of session %s", record.id)
 
     # -- recordings -------------------------------------------------------------
 

@@ -292,7 +292,7 @@ class PtySsh:
                         return
                     continue
                 chunk = os.read(self.fd, 65536)
-            except OSError:  # EIO: the slave side is closed (the child exited)
+            except (OSError, ValueError):  # EIO: the child exited; ValueError: stopped
                 return
             if not chunk:
                 return
@@ -353,8 +353,13 @@ class PtySsh:
                     os.kill(self.pid, signal.SIGKILL)
                 self._reaper.join(3)
         self._reader.join(2)
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        # Once only: stop() runs again at the end of the test, and by then this descriptor
+        # number may belong to something else (a SQLite file, a socket) that a second
+        # close would take away from under it.
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @pytest.fixture(autouse=True)
