@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from concurrent.futures import Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -205,7 +206,12 @@ class GatewayConnection(asyncssh.SSHServer):
     def _arm(self, deadline: datetime) -> None:
         delay = (deadline - self.gate.now()).total_seconds()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, delay), self._deadline_reached, deadline)
+        # Rounded up to the millisecond, so the timers of every connection on one grant
+        # (armed at different moments, microseconds apart once converted) fall on the same
+        # loop time and fire in one turn of the loop: all their notices and exits go out
+        # before any of their records are written (see `close_record`).
+        when = math.ceil((loop.time() + max(0.0, delay)) * 1000) / 1000
+        self._timer = loop.call_at(when, self._deadline_reached, deadline)
 
     def _deadline_reached(self, deadline: datetime) -> None:
         if self.gate.now() < deadline:  # the wall clock moved back: wait the rest
