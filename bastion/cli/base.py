@@ -10,7 +10,8 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,6 +24,8 @@ from bastion.service import Bastion, initialize
 from bastion.timespec import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
+T = TypeVar("T")
 
 _ACTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -38,6 +41,19 @@ class CliContext:
 
     def bastion(self) -> Bastion:
         return Bastion.open(self.home(), self.clock, self.actor, ca_passphrase())
+
+    @contextmanager
+    def api(self, make: Callable[[Bastion], S]) -> Iterator[S]:
+        """A part of the service API built on an open `Bastion`, closed afterwards."""
+        service = self.bastion()
+        try:
+            yield make(service)
+        finally:
+            service.close()
+
+    def call(self, make: Callable[[Bastion], S], action: Callable[[S], T]) -> T:
+        with self.api(make) as part:
+            return action(part)
 
 
 pass_cli = click.make_pass_decorator(CliContext)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,18 +17,8 @@ from bastion.timespec import format_duration, format_time
 T = TypeVar("T")
 
 
-@contextmanager
-def _requests(obj: CliContext) -> Iterator[AccessRequests]:
-    service = obj.bastion()
-    try:
-        yield AccessRequests(service)
-    finally:
-        service.close()
-
-
 def _call(obj: CliContext, action: Callable[[AccessRequests], T]) -> T:
-    with _requests(obj) as requests:
-        return action(requests)
+    return obj.call(AccessRequests, action)
 
 
 # -- agents ---------------------------------------------------------------------

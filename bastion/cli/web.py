@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 import click
@@ -20,18 +19,8 @@ from bastion.webaccounts import WebAccounts
 T = TypeVar("T")
 
 
-@contextmanager
-def _accounts(obj: CliContext) -> Iterator[WebAccounts]:
-    service = obj.bastion()
-    try:
-        yield WebAccounts(service)
-    finally:
-        service.close()
-
-
 def _call(obj: CliContext, action: Callable[[WebAccounts], T]) -> T:
-    with _accounts(obj) as accounts:
-        return action(accounts)
+    return obj.call(WebAccounts, action)
 
 
 @cli.group(invoke_without_command=True)
@@ -147,7 +136,7 @@ def web_user_remove(obj: CliContext, name: str) -> None:
 @pass_cli
 def web_login_link(obj: CliContext, name: str, ttl: str | None, base_url: str | None) -> None:
     """Print a one-time sign-in link for NAME (shown once; only its hash is kept)."""
-    with _accounts(obj) as accounts:
+    with obj.api(WebAccounts) as accounts:
         token, link = accounts.login_link(name, parse_ttl(ttl))
         web_config = accounts.bastion.home.config.web
     if base_url is None:
