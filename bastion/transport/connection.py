@@ -53,6 +53,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self.permit: LoginPermit | None = None
         # Set when an enrolled agent logged in as `request@` with its plain key.
         self.enrolled: Agent | None = None
+        # The end of the expiry and revocation notices: how to ask for access again.
+        self.ask_again = "ask a human for a new grant to continue"
         self.refusals: list[str] = []
         self.sessions: set[SessionRelay] = set()
         self.forwards: set[ForwardRelay | PgRelay] = set()
@@ -183,6 +185,9 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.enrolled is not None:
             return  # no grant, no deadline: the request waits on its own timer
         assert self.permit is not None
+        # Worked out now, not at the forced close, where every connection of a grant
+        # would read the store before its notice could go out.
+        self.ask_again = self._ask_again()
         self._arm(self.permit.deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -223,10 +228,10 @@ class GatewayConnection(asyncssh.SSHServer):
         self.close_all(
             EndReason.EXPIRED,
             f"grant {grant.id} (task {grant.task}) expired at {stamp} - session closed;"
-            f" {self.ask_again()}",
+            f" {self.ask_again}",
         )
 
-    def ask_again(self) -> str:
+    def _ask_again(self) -> str:
         """How to get back in: the exact `request@` line when the agent is enrolled."""
         assert self.permit is not None
         grant = self.permit.grant

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
@@ -27,6 +28,17 @@ from bastion.transport.pgrelay import PgRelay
 from bastion.transport.relay import SessionRelay
 
 log = logging.getLogger("bastion.gateway")
+
+
+class _Decidable(Protocol):
+    @property
+    def state(self) -> object: ...
+
+
+D = TypeVar("D", bound=_Decidable)
+# What waits for a human, by approval or request id: its future, and how to read the
+# decision from the store (None while still pending).
+_Waiters = dict[str, tuple["asyncio.Future[Any]", Callable[[], Any]]]
 
 # The client picks the cipher from what the server offers; stock OpenSSH prefers
 # chacha20-poly1305, which asyncssh runs at half the speed of AES-GCM. Offering only
@@ -60,8 +72,8 @@ class Gateway:
         self.pg_backends: dict[tuple[int, bytes], PgRelay] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._detached: set[asyncio.Task[Any]] = set()
-        self._waiters: dict[str, asyncio.Future[Approval]] = {}
-        self._request_waiters: dict[str, asyncio.Future[AccessRequest]] = {}
+        self._waiters: _Waiters = {}  # approvals
+        self._request_waiters: _Waiters = {}  # access requests
         self.notifier = Notifier(config.requests)
         self._server: Any = None
         self._watcher: asyncio.Task[None] | None = None
@@ -200,38 +212,77 @@ class Gateway:
     # -- approvals ---------------------------------------------------------------
 
     async def wait_for_decision(self, approval: Approval, timeout: timedelta) -> Approval:
-        future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
-        self._waiters[approval.id] = future
         try:
-            # A decision may have landed between the request and now.
-            current = self.gate.approval(approval.id)
-            if current is not None and current.state is not ApprovalState.PENDING:
-                return current
-            return await asyncio.wait_for(future, timeout.total_seconds())
+            decided = await self._until_decided(
+                self._waiters,
+                approval.id,
+                lambda: _decided(self.gate.approval(approval.id), ApprovalState.PENDING),
+                timeout.total_seconds(),
+            )
         except TimeoutError:
             return self.gate.expire_approval(approval, "timed out")
         except asyncio.CancelledError:
             self.gate.expire_approval(approval, "the session ended while waiting")
             raise
+        log.info(
+            "approval %s %s by %s",
+            decided.id,
+            decided.state.value,
+            decided.decided_by,
+            extra={
+                "event": "approval.decided",
+                "approval": decided.id,
+                "session": decided.session_id,
+                "state": decided.state.value,
+                "decided_by": decided.decided_by,
+            },
+        )
+        return decided
+
+    async def _until_decided(
+        self,
+        waiters: _Waiters,
+        key: str,
+        load: Callable[[], D | None],
+        timeout_s: float,
+    ) -> D:
+        """Wait until `load()` (the store's record, once decided) is not None.
+
+        The change feed calls `_settle(waiters, key)` when a decision lands; a decision
+        that landed before the wait began is found by the first `load()`.
+        """
+        future: asyncio.Future[D] = asyncio.get_running_loop().create_future()
+        waiters[key] = (future, load)
+        try:
+            current = load()
+            if current is not None:
+                return current
+            return await asyncio.wait_for(future, max(0.0, timeout_s))
         finally:
-            self._waiters.pop(approval.id, None)
+            waiters.pop(key, None)
+
+    @staticmethod
+    def _settle(waiters: _Waiters, key: str) -> None:
+        entry = waiters.get(key)
+        if entry is None or entry[0].done():
+            return
+        decided = entry[1]()
+        if decided is not None:
+            entry[0].set_result(decided)
 
     # -- access requests ---------------------------------------------------------
 
     async def wait_for_request(self, request: AccessRequest) -> AccessRequest:
         """Until a human (or the change feed) decides, or the request's wait runs out."""
-        future: asyncio.Future[AccessRequest] = asyncio.get_running_loop().create_future()
-        self._request_waiters[request.id] = future
         try:
-            current = self.gate.access_request(request.id)
-            if current is not None and current.state is not RequestState.PENDING:
-                return current
-            remaining = (request.expires_at - self.gate.now()).total_seconds()
-            return await asyncio.wait_for(future, max(0.0, remaining))
+            return await self._until_decided(
+                self._request_waiters,
+                request.id,
+                lambda: _decided(self.gate.access_request(request.id), RequestState.PENDING),
+                (request.expires_at - self.gate.now()).total_seconds(),
+            )
         except TimeoutError:
             return self.gate.expire_request(request.id)
-        finally:
-            self._request_waiters.pop(request.id, None)
 
     def notify_request(self, event: str, request: AccessRequest) -> None:
         """Tell the hooks; never raises and never waits."""
@@ -247,14 +298,6 @@ class Gateway:
             )
         except Exception:
             log.exception("could not start the notification hooks")
-
-    def _request_decided(self, request_id: str) -> None:
-        future = self._request_waiters.get(request_id)
-        if future is None or future.done():
-            return
-        request = self.gate.access_request(request_id)
-        if request is not None and request.state is not RequestState.PENDING:
-            future.set_result(request)
 
     # -- the change feed ---------------------------------------------------------
 
@@ -307,9 +350,9 @@ class Gateway:
             elif event.action == "session.kill_requested":
                 self._killed(details["session"], event.actor, details.get("reason", ""))
             elif event.action == "approval.decided":
-                self._decided(details["approval"])
+                self._settle(self._waiters, details["approval"])
             elif event.action == "request.decided":
-                self._request_decided(details["request"])
+                self._settle(self._request_waiters, details["request"])
 
     def _revoked(self, grant_id: str, actor: str, reason: str) -> None:
         for conn in list(self.connections):
@@ -318,7 +361,7 @@ class Gateway:
                 conn.close_all(
                     EndReason.REVOKED,
                     f"grant {grant.id} (task {grant.task}) revoked by {actor}: {reason}"
-                    f" - session closed; {conn.ask_again()}",
+                    f" - session closed; {conn.ask_again}",
                 )
 
     def _killed(self, session_id: str, actor: str, reason: str) -> None:
@@ -338,23 +381,7 @@ class Gateway:
                         f"session {session_id} killed by {actor}: {reason}",
                     )
 
-    def _decided(self, approval_id: str) -> None:
-        future = self._waiters.get(approval_id)
-        if future is None or future.done():
-            return
-        approval = self.gate.approval(approval_id)
-        if approval is not None and approval.state is not ApprovalState.PENDING:
-            log.info(
-                "approval %s %s by %s",
-                approval.id,
-                approval.state.value,
-                approval.decided_by,
-                extra={
-                    "event": "approval.decided",
-                    "approval": approval.id,
-                    "session": approval.session_id,
-                    "state": approval.state.value,
-                    "decided_by": approval.decided_by,
-                },
-            )
-            future.set_result(approval)
+
+def _decided(record: D | None, pending: object) -> D | None:
+    """The record if a decision has landed on it, else None."""
+    return record if record is not None and record.state is not pending else None
