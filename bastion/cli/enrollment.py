@@ -60,11 +60,7 @@ def agent_enroll(
     if as_json:
         click.echo(render.to_json(enrolled.to_dict()))
         return
-    service = obj.bastion()
-    try:
-        host, port = service.home.config.server.advertised_host_port
-    finally:
-        service.close()
+    host, port = obj.home().config.server.advertised_host_port
     click.echo(f"enrolled {enrolled.name} ({enrolled.key_fingerprint})")
     click.echo(f"  may request: {_may(enrolled)}")
     click.echo(

@@ -656,6 +656,19 @@ def echo_server() -> Iterator[EchoServer]:
 # -- homes and gateways --------------------------------------------------------------
 
 
+def add_ssh_target(
+    home: Path, name: str, sshd: Sshd, login_key: Path, port: int | None = None
+) -> None:
+    """`target add-ssh NAME` as `bastion-t` with sshd's host key pinned, at sshd's port
+    unless `port` says otherwise."""
+    cli(
+        home,
+        *("target", "add-ssh", name, "--host", LOOPBACK, "--port", str(port or sshd.port)),
+        *("--user", sshd.login_user, "--identity", str(login_key)),
+        *("--host-key", str(sshd.host_pub_path)),
+    )
+
+
 def make_home(
     base: Path,
     sshd: Sshd,
@@ -690,18 +703,8 @@ def make_home(
     if not add_targets:
         return home
     for name in ("prod-web", "gated-web"):
-        cli(
-            home,
-            *("target", "add-ssh", name, "--host", LOOPBACK, "--port", str(sshd.port)),
-            *("--user", sshd.login_user, "--identity", str(login_key)),
-            *("--host-key", str(sshd.host_pub_path)),
-        )
-    cli(
-        home,
-        *("target", "add-ssh", "raw-echo", "--host", LOOPBACK, "--port", str(echo_port)),
-        *("--user", sshd.login_user, "--identity", str(login_key)),
-        *("--host-key", str(sshd.host_pub_path)),
-    )
+        add_ssh_target(home, name, sshd, login_key)
+    add_ssh_target(home, "raw-echo", sshd, login_key, port=echo_port)
     for name in ("echo-db", "other-db"):
         cli(
             home,

@@ -30,7 +30,7 @@ from tests.integration.conftest import (
     EchoServer,
     Server,
     Spawned,
-    cli,
+    add_ssh_target,
     keygen,
     make_home,
     wait_until,
@@ -105,12 +105,7 @@ def gw(
     hook_script.write_text(f'#!/bin/sh\ncat >> "{base}/hook.jsonl"\necho >> "{base}/hook.jsonl"\n')
     hook_script.chmod(0o755)
     (home / "bastion.toml").write_text(request_config(webhook.url, hook_script))  # type: ignore[attr-defined]
-    cli(
-        home,
-        *("target", "add-ssh", "replica-web", "--host", LOOPBACK, "--port", str(sshd.port)),
-        *("--user", sshd.login_user, "--identity", str(target_login_key)),
-        *("--host-key", str(sshd.host_pub_path)),
-    )
+    add_ssh_target(home, "replica-web", sshd, target_login_key)
     server = Server(home, base)
     server.start()
     try:
