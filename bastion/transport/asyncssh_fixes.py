@@ -17,6 +17,9 @@ them; the fix drops the inserted packet for those ciphers and keeps it for any o
 Last, asyncssh formats a log line for every packet sent and received before its logger
 decides to drop it (packet logging is on only at debug level 3); the fix skips the
 formatting unless that level is set.
+
+On top of these, `asyncssh_fastpath` takes AES-GCM packets through asyncssh with fewer
+copies (see there).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import ProtocolError
 from asyncssh.packet import SSHPacketLogger, UInt32
+
+from bastion.transport import asyncssh_fastpath
 
 PINNED_VERSION = "2.24.1"
 _applied = False
@@ -65,6 +70,7 @@ def apply() -> None:
             log_packet(self, *args)
 
     SSHPacketLogger._log_packet = log_packet_when_logged  # type: ignore[method-assign,assignment]
+    asyncssh_fastpath.install(send_packet_without_cbc_padding)
     _applied = True
 
 
