@@ -1,9 +1,10 @@
 """Appending a session's frames to its recording file: the hot path.
 
-Frames go into an in-memory buffer; the buffer is handed to the file when it passes
-64 KiB and at least every half second (the gateway's flusher calls `flush`), so a
-`kill -9` of the bastion loses at most that much. The SHA-256 of everything written is
-computed when it closes, from the file (see `_digest`).
+Frames are queued in memory as a list of byte strings (a frame's header, then its
+payload as the relay received it: no copy on the event loop), written with one
+`writev` when they pass 256 KiB and at least every half second (the gateway's flusher
+calls `flush`), so a `kill -9` of the bastion loses at most that much. The SHA-256 of
+everything written is computed when it closes, from the file (see `_digest`).
 
 With an executor (the gateway passes a one-thread pool), writing and hashing happen off
 the event loop: both release the GIL, so they run on another core while the loop relays
@@ -30,6 +31,7 @@ from bastion.recording import format as fmt
 
 _FLUSH_SIZE = 256 * 1024
 _MAX_QUEUED = 16 * 1024 * 1024
+_IOV_MAX = 1024  # Linux's limit on the buffers of one writev
 
 
 class RecordingFailed(Exception):
@@ -56,7 +58,8 @@ class Recorder:
         self._error: str | None = None
         self.loss_reported = False  # the failure was audited by whoever noticed it
         self._start = clock.monotonic()
-        self._buffer = bytearray()
+        self._chunks: list[bytes | memoryview] = []
+        self._queued = 0
         self.size = 0
         self.closed = False
         try:
@@ -66,7 +69,7 @@ class Recorder:
             raise RecordingFailed(f"can't create recording {path}: {exc.strerror}") from None
         # The header is written here, on this thread: a recording that can't be written
         # (a full disk) must refuse the session before it starts, not after.
-        self._write(fmt.MAGIC + fmt.encode_json(fmt.HEADER, 0.0, header))
+        self._write([fmt.MAGIC + fmt.encode_json(fmt.HEADER, 0.0, header)])
         if self._error is not None:
             os.close(self._fd)
             self.closed = True
@@ -77,15 +80,18 @@ class Recorder:
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
         now = self.elapsed()
-        buffer = self._buffer
+        if type(payload) is not bytes:
+            payload = bytes(payload)  # queued until written: it must not change meanwhile
+        chunks = self._chunks
         if len(payload) <= fmt.MAX_PAYLOAD:
-            # The hot path: header and payload appended as they are, one copy.
-            buffer += fmt.frame_header(kind, now, len(payload))
-            buffer += payload
+            # The hot path: the header, then the payload object itself.
+            chunks.append(fmt.frame_header(kind, now, len(payload)))
+            chunks.append(payload)
         else:
             for start in range(0, len(payload), fmt.MAX_PAYLOAD):
-                buffer += fmt.encode(kind, now, payload[start : start + fmt.MAX_PAYLOAD])
-        if len(buffer) >= _FLUSH_SIZE:
+                chunks.append(fmt.encode(kind, now, payload[start : start + fmt.MAX_PAYLOAD]))
+        self._queued += fmt.HEADER_SIZE + len(payload)
+        if self._queued >= _FLUSH_SIZE:
             self.flush()
 
     def output(self, data: bytes, stderr: bool = False) -> None:
@@ -107,9 +113,9 @@ class Recorder:
     def flush(self) -> None:
         if self._error is not None:
             raise RecordingFailed(self._error)
-        if not self._buffer or self.closed:
+        if not self._chunks or self.closed:
             return
-        data, self._buffer = self._buffer, bytearray()  # hand the buffer over, no copy
+        data, self._chunks, self._queued = self._chunks, [], 0  # handed over, not copied
         if self._executor is None:
             self._write(data)
         else:
@@ -121,16 +127,21 @@ class Recorder:
         if self._error is not None:
             raise RecordingFailed(self._error)
 
-    def _write(self, data: bytes | bytearray) -> None:
-        """Write and hash one chunk; runs on the executor's thread when there is one."""
+    def _write(self, chunks: list[bytes | memoryview]) -> None:
+        """Write queued chunks in order; runs on the executor's thread when there is one."""
         if self._error is not None:
             return
-        view = memoryview(data)
         try:
-            while view:
-                written = os.write(self._fd, view)
+            while chunks:
+                written = os.writev(self._fd, chunks[:_IOV_MAX])
                 self.size += written  # what reached the file, a partly written chunk too
-                view = view[written:]
+                done = 0
+                while done < len(chunks) and written >= len(chunks[done]):
+                    written -= len(chunks[done])
+                    done += 1
+                del chunks[:done]
+                if written:  # the first chunk left was written in part
+                    chunks[0] = memoryview(chunks[0])[written:]
         except OSError as exc:
             self._error = f"writing recording {self.path} failed: {exc.strerror}"
 
@@ -143,7 +154,7 @@ class Recorder:
         if self.closed:
             return self._digest(), self.size
         try:
-            self._buffer += fmt.encode_json(fmt.END, self.elapsed(), end)
+            self._chunks.append(fmt.encode_json(fmt.END, self.elapsed(), end))
             self.flush()
             self._drain()
             if self._error is not None:
@@ -188,7 +199,7 @@ class Recorder:
         """
         if self._executor is None or self.closed:
             return None
-        self._buffer += fmt.encode_json(fmt.END, self.elapsed(), end)
+        self._chunks.append(fmt.encode_json(fmt.END, self.elapsed(), end))
         self.flush()  # RecordingFailed: the caller abandons the recorder
         self.closed = True
         return self._executor.submit(self._finalize)
