@@ -158,7 +158,9 @@ METRICS = (
     "pg_copy",
     "sql_classify",
 )
-PG_METRICS = {"forward_pg", "pgbench", "pg_copy"}
+# The PostgreSQL server runs for these. `forward` needs it too: a grant permits `-L`
+# only when it covers a database target (policy.certificate_permissions).
+PG_METRICS = {"forward", "forward_pg", "pgbench", "pg_copy"}
 
 
 def _measurements(world: World, procs: Procs, s: Settings) -> dict[str, Callable[[], Any]]:
