@@ -47,8 +47,8 @@ def test_seal_and_open_match_asyncssh_packet_for_packet(
     for plain in packets:
         header = len(plain).to_bytes(4, "big")
         body, tag = theirs.encrypt_and_sign(header, plain)
-        sealed = asyncssh_fastpath.seal(ours, header, plain)
-        assert bytes(sealed) == body + tag
+        sealed = b"".join(asyncssh_fastpath.seal(ours, header, plain))
+        assert sealed == body + tag
         buf = bytearray(sealed + trailing)
         assert asyncssh_fastpath.open_packet(opener, buf, len(sealed)) == plain
         assert buf == sealed + trailing  # left for the caller to consume
@@ -58,7 +58,7 @@ def test_a_changed_byte_fails_to_open() -> None:
     key, iv = os.urandom(16), os.urandom(12)
     sealer, opener = GCMCipher("aes128-gcm", key, iv), GCMCipher("aes128-gcm", key, iv)
     plain = os.urandom(1000)
-    sealed = asyncssh_fastpath.seal(sealer, len(plain).to_bytes(4, "big"), plain)
+    sealed = b"".join(asyncssh_fastpath.seal(sealer, len(plain).to_bytes(4, "big"), plain))
     for where in (0, 4, 500, len(sealed) - 1):  # length, body, tag
         tampered = bytearray(sealed)
         tampered[where] ^= 0x01
@@ -164,3 +164,70 @@ def test_openssh_rekeying_every_256k_through_the_gateway(gateway: Server, cipher
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
     [record] = gateway.ended_sessions(grant)
     assert record["bytes_up"] == record["bytes_down"] == len(data)
+
+
+# -- keepalive: noted on each read, checked when the timer fires --------------------------
+
+
+async def _trickle(process: Any) -> None:
+    """Output every 50 ms for a second, or nothing for a second."""
+    quiet = process.command == "quiet"
+    for _ in range(20):
+        if not quiet:
+            process.stdout.write(b"x" * 100)
+        await asyncio.sleep(0.05)
+    process.exit(0)
+
+
+async def _keepalives(command: str) -> tuple[int, bytes]:
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    sent = 0
+    original = SSHConnection._make_keepalive_request
+
+    async def counting(self: Any) -> None:
+        nonlocal sent
+        if self.is_client():
+            sent += 1
+        await original(self)
+
+    SSHConnection._make_keepalive_request = counting  # type: ignore[method-assign]
+    server = await asyncssh.listen(
+        LOOPBACK,
+        0,
+        server_factory=_NoAuth,
+        server_host_keys=[host_key],
+        process_factory=_trickle,
+        encoding=None,
+        encryption_algs=[GCM[0]],
+    )
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncssh.connect(
+            LOOPBACK,
+            port,
+            username="test",
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+            client_keys=None,
+            encryption_algs=[GCM[0]],
+            keepalive_interval=0.3,
+        ) as conn:
+            result = await conn.run(command, encoding=None)
+    finally:
+        server.close()
+        await server.wait_closed()
+        SSHConnection._make_keepalive_request = original  # type: ignore[method-assign]
+    return sent, result.stdout
+
+
+def test_keepalives_go_out_on_a_quiet_connection() -> None:
+    sent, output = asyncio.run(_keepalives("quiet"))
+    assert output == b""
+    assert sent >= 2  # one second of silence at one keepalive per 0.3 s
+
+
+def test_no_keepalives_while_data_keeps_arriving() -> None:
+    sent, output = asyncio.run(_keepalives("talk"))
+    assert output == b"x" * 2000
+    assert sent == 0
