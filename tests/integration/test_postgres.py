@@ -906,3 +906,50 @@ def test_query_log_redacts_parameters_when_the_target_says_so(pg_gateway: Server
     assert by_sql["select $1::int"]["params"] == [None]  # NULL is not a value to hide
     recording = (pg_gateway.home / "recordings").rglob("*")
     assert not any(b"secret-" in p.read_bytes() for p in recording if p.is_file())
+
+
+# -- the target's side: its end of stream, and a slow agent ------------------------------------
+
+
+def test_the_target_ending_the_backend_ends_the_session(
+    pg_gateway: Server, tunnel: pg.Tunnel
+) -> None:
+    result = pg.psql(tunnel.port, "SELECT pg_terminate_backend(pg_backend_pid())")
+
+    assert result.returncode != 0
+    assert "terminating connection due to administrator command" in result.stderr
+    [record] = pg_gateway.ended_sessions(tunnel.grant)
+    assert (record["end_reason"], record["detail"]) == ("exit", "the target closed the connection")
+    assert pg.psql(tunnel.port, "select 1").stdout == "1\n"  # the tunnel still serves
+
+
+def test_a_slow_reader_of_a_large_copy_does_not_fill_the_bastion(
+    pg_gateway: Server, tunnel: pg.Tunnel
+) -> None:
+    from tests.integration.test_flow_control import SLOW_READER, _peak_growth
+
+    rows, width = 100_000, 1000  # 100 MB of COPY output
+    sql = f"COPY (SELECT repeat('x', {width}) FROM generate_series(1, {rows})) TO STDOUT"
+    assert pg_gateway.proc is not None
+    copy = subprocess.Popen(
+        pg.psql_argv(tunnel.port, "-At", "-c", sql),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=pg.client_env(),
+    )
+    slow = subprocess.Popen(
+        ["python3", "-c", SLOW_READER], stdin=copy.stdout, stdout=subprocess.PIPE, text=True
+    )
+    assert copy.stdout is not None
+    copy.stdout.close()
+    try:
+        growth = _peak_growth(pg_gateway.proc.pid, copy, 3)
+        out, _ = slow.communicate(timeout=120)
+        assert copy.wait(60) == 0
+    finally:
+        for proc in (copy, slow):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert int(out) == rows * (width + 1)
+    assert growth < 16 << 20, f"the bastion grew by {growth / (1 << 20):.1f} MiB"
