@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -124,6 +125,12 @@ async def _serve(
             home.root,
             extra={"event": "listening", "host": host, "port": bound, "node": gate.node},
         )
+        # Everything loaded so far (modules, config, the listener) lives as long as the
+        # process: moved out of the collector's reach, a full collection no longer scans
+        # it. Such a collection had landed in the middle of an expiry and held 50 clients'
+        # closes back by 30-40 ms (measured with gc.callbacks).
+        gc.collect()
+        gc.freeze()
         notifier.ready(f"listening on {host}:{bound}")
         watchdog = asyncio.ensure_future(notifier.watchdog())
         await stop.wait()

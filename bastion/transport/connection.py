@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from concurrent.futures import Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -208,20 +207,37 @@ class GatewayConnection(asyncssh.SSHServer):
 
     # -- the deadline -----------------------------------------------------------
 
-    def _arm(self, deadline: datetime) -> None:
-        delay = (deadline - self.gate.now()).total_seconds()
-        loop = asyncio.get_running_loop()
-        # Rounded up to the millisecond, so the timers of every connection on one grant
-        # (armed at different moments, microseconds apart once converted) fall on the same
-        # loop time and fire in one turn of the loop: all their notices and exits go out
-        # before any of their records are written (see `close_record`).
-        when = math.ceil((loop.time() + max(0.0, delay)) * 1000) / 1000
-        self._timer = loop.call_at(when, self._deadline_reached, deadline)
+    def _arm(self, deadline: datetime, again: bool = False) -> None:
+        when = self.gateway.deadlines.loop_time_of(deadline, resample=again)
+        self._timer = asyncio.get_running_loop().call_at(when, self._deadline_reached, deadline)
+        self.gateway.collect_before(when)
+
+    @property
+    def deadline_timer(self) -> asyncio.TimerHandle | None:
+        return self._timer
 
     def _deadline_reached(self, deadline: datetime) -> None:
-        if self.gate.now() < deadline:  # the wall clock moved back: wait the rest
-            self._arm(deadline)
+        now = self.gate.now()
+        if now < deadline:  # the wall clock moved back: wait the rest
+            self._arm(deadline, again=True)
             return
+        self._expire(deadline)
+        # Every other connection past its deadline closes in this same turn of the loop,
+        # whichever millisecond its own timer fell on: one a turn later would wait behind
+        # the store writes of all the others (see `close_record`).
+        for conn in list(self.gateway.connections):
+            if conn is not self:
+                conn.expire_if_due(now)
+
+    def expire_if_due(self, now: datetime) -> None:
+        if self.permit is None or self.closing or self._timer is None:
+            return
+        deadline = self.permit.deadline
+        if deadline <= now:
+            self._timer.cancel()
+            self._expire(deadline)
+
+    def _expire(self, deadline: datetime) -> None:
         assert self.permit is not None
         grant = self.permit.grant
         stamp = deadline.strftime("%H:%M:%SZ")
@@ -376,7 +392,12 @@ class GatewayConnection(asyncssh.SSHServer):
             "exit_status": exit_status,
             "detail": detail,
         }
-        self.close_recording(relay.record, recorder, end)
+        if self.closing:
+            # As the records (`close_record`): the recording's last write, fsync and hash
+            # start once every connection closed in this turn has sent its notice.
+            asyncio.get_running_loop().call_soon(self.close_recording, relay.record, recorder, end)
+        else:
+            self.close_recording(relay.record, recorder, end)
 
     def close_recording(self, record: Any, recorder: Recorder, end: dict[str, Any]) -> None:
         """Close and seal a recording, the last write and fsync off the event loop."""

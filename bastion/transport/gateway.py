@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -24,8 +25,12 @@ from bastion.notify import Notifier
 from bastion.recording.writer import RecordingFailed
 from bastion.transport import asyncssh_fixes
 from bastion.transport.connection import GatewayConnection
+from bastion.transport.deadlines import DeadlineClock
 from bastion.transport.pgrelay import PgRelay
 from bastion.transport.relay import SessionRelay
+
+_COLLECT_AHEAD = 0.5  # seconds before a deadline to run the garbage collector
+_BURST = 0.2  # deadlines this close to each other are closed together, one collection before
 
 log = logging.getLogger("bastion.gateway")
 
@@ -79,6 +84,9 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._membership: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        # Timers of expiry and revocation: one conversion of deadlines to loop time.
+        self.deadlines = DeadlineClock(gate.now, lambda: asyncio.get_running_loop().time())
+        self._collection: asyncio.TimerHandle | None = None
         self._stop_listening: Any = None
         self._address = ""
         self._cursor = 0
@@ -86,6 +94,48 @@ class Gateway:
         self.advertised = config.server.advertised_host_port
         self.metrics = metrics or Metrics()
         self.metrics.set_live(self.live_state)
+
+    def collect_before(self, when: float) -> None:
+        """Run the garbage collector just before the deadline at loop time `when`.
+
+        A full collection (25-40 ms with a few hundred connections' worth of cyclic
+        garbage, measured) is triggered by allocations, and closing many connections at
+        one expiry allocates: it landed in the middle of such closes and held the last
+        clients back. Collecting half a second before leaves it nothing to do then.
+        """
+        loop = asyncio.get_running_loop()
+        at = when - _COLLECT_AHEAD
+        if at <= loop.time():
+            return
+        current = self._collection
+        if current is not None:
+            if current.when() <= at:
+                return  # an earlier one is due first, and then schedules the next
+            current.cancel()
+        self._collection = loop.call_at(at, self._collect)
+
+    def _collect(self) -> None:
+        self._collection = None
+        gc.collect()
+        # Then the same before the next deadline that isn't part of the coming burst (the
+        # deadlines within _BURST of the earliest one), and not in the middle of that burst.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        upcoming = sorted(
+            when
+            for conn in self.connections
+            if (timer := conn.deadline_timer) is not None
+            and not timer.cancelled()
+            and (when := timer.when()) > now
+        )
+        if not upcoming:
+            return
+        burst_end = upcoming[0] + _BURST
+        later = [when for when in upcoming if when > burst_end]
+        if later:
+            self._collection = loop.call_at(
+                max(later[0] - _COLLECT_AHEAD, burst_end), self._collect
+            )
 
     async def listen(self, host: str, port: int) -> int:
         """Start accepting; returns the port (useful with port 0)."""

@@ -58,6 +58,7 @@ class Expiry:
     tunnel_socket_closed_at: float | None
     records: list[dict[str, Any]]
     target_left: list[str]  # the sessions' processes still on the target a second later
+    bystander_running: bool  # another grant's session, open through the same expiry
 
 
 def _closed_at(sock: socket.socket, timeout: float) -> float | None:
@@ -79,6 +80,9 @@ def expiry(gateway: Server, sshd: Sshd) -> Iterator[Expiry]:
     a PTY running `sleep 600`, and a `-L` tunnel with an open connection."""
     # echo-db permits forwarding; the tunnel goes to raw-echo, relayed as plain bytes.
     grant = gateway.issue("prod-web", "echo-db", "raw-echo", options=["--ttl", GRANT_TTL])
+    other = gateway.issue("prod-web", options=["--ttl", "5m"])
+    bystander_sleep = unique_sleep()
+    bystander = gateway.spawn("prod-web", other.key, bystander_sleep)
     sleep = unique_sleep()
     pty_sleep = unique_sleep()
     yes_token = f"expiry-{secrets.token_hex(4)}"
@@ -98,7 +102,7 @@ def expiry(gateway: Server, sshd: Sshd) -> Iterator[Expiry]:
         sock.sendall(b"ping")
         sock.settimeout(5)
         assert sock.recv(4) == b"ping"
-        for needle in (sleep, pty_sleep, yes_token):
+        for needle in (sleep, pty_sleep, yes_token, bystander_sleep):
             wait_until(lambda n=needle: target_processes(sshd, n))  # type: ignore[misc]
         assert yes_client.stdout_size > 0
         assert time.time() < grant.valid_before - 0.5, "setup took too long for the TTL"
@@ -127,12 +131,13 @@ def expiry(gateway: Server, sshd: Sshd) -> Iterator[Expiry]:
             tunnel_socket_closed_at=closed_at,
             records=gateway.ended_sessions(grant, count=4),
             target_left=left,
+            bystander_running=bystander.proc.poll() is None,
         )
     finally:
-        for client in (sleep_client, yes_client, tunnel):
+        for client in (sleep_client, yes_client, tunnel, bystander):
             client.stop()
         pty_client.stop()
-        for needle in (sleep, pty_sleep, yes_token):
+        for needle in (sleep, pty_sleep, yes_token, bystander_sleep):
             kill_target_processes(sshd, needle)
 
 
@@ -203,6 +208,10 @@ def test_expiry_is_recorded(expiry: Expiry, gateway: Server) -> None:
 
 def test_expiry_leaves_nothing_running_on_the_target(expiry: Expiry) -> None:
     assert expiry.target_left == []
+
+
+def test_expiry_leaves_other_grants_sessions_running(expiry: Expiry) -> None:
+    assert expiry.bystander_running
 
 
 def test_new_connection_after_expiry_is_refused(expiry: Expiry, gateway: Server) -> None:
