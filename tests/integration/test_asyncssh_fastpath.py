@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import subprocess
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncssh
@@ -88,8 +90,43 @@ async def _echo(process: Any) -> None:
     process.exit(7)
 
 
+@contextlib.asynccontextmanager
+async def _pair(
+    process_factory: Any, cipher: str, client_only: dict[str, Any] | None = None, **options: Any
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """An asyncssh server running `process_factory` and a client connected to it, both
+    through the patched code; `options` go to both ends, `client_only` to the client."""
+    server = await asyncssh.listen(
+        LOOPBACK,
+        0,
+        server_factory=_NoAuth,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        process_factory=process_factory,
+        encoding=None,
+        encryption_algs=[cipher],
+        **options,
+    )
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncssh.connect(
+            LOOPBACK,
+            port,
+            username="test",
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+            client_keys=None,
+            encryption_algs=[cipher],
+            **options,
+            **(client_only or {}),
+        ) as conn:
+            yield conn
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def _round_trip(cipher: str, data: bytes) -> tuple[Any, int, int]:
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
     kexinits = 0
     fast = 0
     original = SSHConnection._send_kexinit
@@ -108,33 +145,10 @@ async def _round_trip(cipher: str, data: bytes) -> tuple[Any, int, int]:
 
     SSHConnection._send_kexinit = counting  # type: ignore[method-assign]
     asyncssh_fastpath._channel_data = counting_fast  # type: ignore[assignment]
-    server = await asyncssh.listen(
-        LOOPBACK,
-        0,
-        server_factory=_NoAuth,
-        server_host_keys=[host_key],
-        process_factory=_echo,
-        encoding=None,
-        encryption_algs=[cipher],
-        rekey_bytes=65536,
-    )
     try:
-        port = server.sockets[0].getsockname()[1]
-        async with asyncssh.connect(
-            LOOPBACK,
-            port,
-            username="test",
-            known_hosts=None,
-            agent_path=None,
-            config=None,
-            client_keys=None,
-            encryption_algs=[cipher],
-            rekey_bytes=65536,
-        ) as conn:
+        async with _pair(_echo, cipher, rekey_bytes=65536) as conn:
             result = await conn.run(input=data, encoding=None)
     finally:
-        server.close()
-        await server.wait_closed()
         SSHConnection._send_kexinit = original  # type: ignore[method-assign]
         asyncssh_fastpath._channel_data = channel_data
     return result, kexinits, fast
@@ -196,7 +210,6 @@ async def _trickle(process: Any) -> None:
 
 
 async def _keepalives(command: str) -> tuple[int, bytes]:
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
     sent = 0
     original = SSHConnection._make_keepalive_request
 
@@ -207,32 +220,10 @@ async def _keepalives(command: str) -> tuple[int, bytes]:
         await original(self)
 
     SSHConnection._make_keepalive_request = counting  # type: ignore[method-assign]
-    server = await asyncssh.listen(
-        LOOPBACK,
-        0,
-        server_factory=_NoAuth,
-        server_host_keys=[host_key],
-        process_factory=_trickle,
-        encoding=None,
-        encryption_algs=[GCM[0]],
-    )
     try:
-        port = server.sockets[0].getsockname()[1]
-        async with asyncssh.connect(
-            LOOPBACK,
-            port,
-            username="test",
-            known_hosts=None,
-            agent_path=None,
-            config=None,
-            client_keys=None,
-            encryption_algs=[GCM[0]],
-            keepalive_interval=0.3,
-        ) as conn:
+        async with _pair(_trickle, GCM[0], {"keepalive_interval": 0.3}) as conn:
             result = await conn.run(command, encoding=None)
     finally:
-        server.close()
-        await server.wait_closed()
         SSHConnection._make_keepalive_request = original  # type: ignore[method-assign]
     return sent, result.stdout
 

@@ -68,24 +68,35 @@ def test_a_slow_reader_on_the_target_does_not_fill_the_bastion(gateway: Server) 
     assert growth < 16 * MIB, f"the bastion grew by {growth / MIB:.1f} MiB"
 
 
+def drain_slowly(
+    bastion_pid: int, argv: list[str], env: dict[str, str] | None = None
+) -> tuple[int, int]:
+    """Run `argv` with its output read by SLOW_READER; (the bastion's peak RSS growth
+    meanwhile, bytes read). `argv` must exit 0."""
+    producer = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    slow = subprocess.Popen(
+        ["python3", "-c", SLOW_READER], stdin=producer.stdout, stdout=subprocess.PIPE, text=True
+    )
+    assert producer.stdout is not None
+    producer.stdout.close()
+    try:
+        growth = _peak_growth(bastion_pid, producer, PAUSE_S)
+        out, _ = slow.communicate(timeout=120)
+        assert producer.wait(60) == 0
+    finally:
+        for proc in (producer, slow):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return growth, int(out)
+
+
 def test_a_slow_reader_on_the_agent_side_does_not_fill_the_bastion(gateway: Server) -> None:
     grant = gateway.issue("prod-web")
     assert gateway.proc is not None
     argv = gateway.ssh_argv("prod-web", grant.key, f"head -c {100 * MIB} /dev/zero")
-    download = subprocess.Popen(argv, stdout=subprocess.PIPE)
-    slow = subprocess.Popen(
-        ["python3", "-c", SLOW_READER], stdin=download.stdout, stdout=subprocess.PIPE, text=True
-    )
-    assert download.stdout is not None
-    download.stdout.close()
-    try:
-        growth = _peak_growth(gateway.proc.pid, download, PAUSE_S)
-        out, _ = slow.communicate(timeout=60)
-        assert download.wait(60) == 0
-    finally:
-        for proc in (download, slow):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert int(out) == 100 * MIB
+
+    growth, received = drain_slowly(gateway.proc.pid, argv)
+
+    assert received == 100 * MIB
     assert growth < 16 * MIB, f"the bastion grew by {growth / MIB:.1f} MiB"

@@ -26,6 +26,7 @@ from psycopg import errors
 
 from tests.integration import pg_helpers as pg
 from tests.integration.conftest import Server, Spawned, cli, wait_until
+from tests.integration.test_flow_control import drain_slowly
 from tests.peers import Postgres
 
 
@@ -926,30 +927,12 @@ def test_the_target_ending_the_backend_ends_the_session(
 def test_a_slow_reader_of_a_large_copy_does_not_fill_the_bastion(
     pg_gateway: Server, tunnel: pg.Tunnel
 ) -> None:
-    from tests.integration.test_flow_control import SLOW_READER, _peak_growth
-
     rows, width = 100_000, 1000  # 100 MB of COPY output
     sql = f"COPY (SELECT repeat('x', {width}) FROM generate_series(1, {rows})) TO STDOUT"
     assert pg_gateway.proc is not None
-    copy = subprocess.Popen(
-        pg.psql_argv(tunnel.port, "-At", "-c", sql),
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=pg.client_env(),
-    )
-    slow = subprocess.Popen(
-        ["python3", "-c", SLOW_READER], stdin=copy.stdout, stdout=subprocess.PIPE, text=True
-    )
-    assert copy.stdout is not None
-    copy.stdout.close()
-    try:
-        growth = _peak_growth(pg_gateway.proc.pid, copy, 3)
-        out, _ = slow.communicate(timeout=120)
-        assert copy.wait(60) == 0
-    finally:
-        for proc in (copy, slow):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert int(out) == rows * (width + 1)
+    argv = pg.psql_argv(tunnel.port, "-At", "-c", sql)
+
+    growth, received = drain_slowly(pg_gateway.proc.pid, argv, env=pg.client_env())
+
+    assert received == rows * (width + 1)
     assert growth < 16 << 20, f"the bastion grew by {growth / (1 << 20):.1f} MiB"
