@@ -30,6 +30,7 @@ import functools
 import inspect
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from asyncssh.channel import SSHChannel
@@ -167,30 +168,37 @@ _batch: dict[Any, list[bytes | bytearray]] | None = None
 
 def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
     global _batch
-    if _batch is not None:  # pragma: no cover - the event loop doesn't nest callbacks
-        self._inpbuf += data
-        self._recv_data()
-        return
-    _batch = {}
+    outermost = _batch is None  # the event loop doesn't nest callbacks; be safe anyway
+    if outermost:
+        _batch = {}
     try:
         self._inpbuf += data
         self._recv_data()
     finally:
-        batch, _batch = _batch, None
-        for transport, chunks in batch.items():
-            with contextlib.suppress(ConnectionError):  # as asyncssh's _send
-                transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if outermost:
+            batch, _batch = _batch, None
+            for transport, chunks in (batch or {}).items():
+                _write(transport, chunks)
 
 
 def _send(self: Any, data: bytes | bytearray) -> None:
+    _send_parts(self, (data,))
+
+
+def _send_parts(self: Any, parts: tuple[bytes | bytearray, ...]) -> None:
+    """asyncssh's _send, of a packet in parts: collected while a read is handled."""
     transport = self._transport
     if not transport:
-        return
+        return  # as asyncssh's _send: dropped with the transport
     if _batch is not None:
-        _batch.setdefault(transport, []).append(data)
-        return
-    with contextlib.suppress(ConnectionError):
-        transport.write(data)
+        _batch.setdefault(transport, []).extend(parts)
+    else:
+        _write(transport, parts)
+
+
+def _write(transport: Any, chunks: Sequence[bytes | bytearray]) -> None:
+    with contextlib.suppress(ConnectionError):  # as asyncssh's _send
+        transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
 def _send_packet(self: Any, pkttype: int, *args: Any, handler: Any = None) -> None:
@@ -217,14 +225,7 @@ def _send_packet(self: Any, pkttype: int, *args: Any, handler: Any = None) -> No
     plain = b"".join((bytes((padlen, pkttype)), *args, os.urandom(padlen)))
     pktlen = len(plain)
     header, body = seal(enc._cipher, pktlen.to_bytes(4, "big"), plain)
-    transport = self._transport
-    if not transport:
-        pass  # as asyncssh's _send: the packet is dropped, the sequence still advances
-    elif _batch is not None:
-        _batch.setdefault(transport, []).extend((header, body))
-    else:
-        with contextlib.suppress(ConnectionError):
-            transport.write(header + body)
+    _send_parts(self, (header, body))  # dropped without a transport; the sequence advances
     self._send_seq = (self._send_seq + 1) & 0xFFFFFFFF
     self._rekey_bytes_sent += pktlen
 

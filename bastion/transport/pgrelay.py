@@ -444,11 +444,8 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         A task awaiting `StreamReader.read` cost a wake-up and a turn of the event loop
         per answer; `pgbench -S` spent a tenth of the relay's CPU there.
         """
-        transport = login.writer.transport
-        self._server = _ServerSide(self, login.parser, transport)
-        leftover = bytes(getattr(login.reader, "_buffer", b""))  # read during the login
-        at_eof = login.reader.at_eof()
-        transport.set_protocol(self._server)
+        self._server = _ServerSide(self, login.parser, login.writer.transport)
+        leftover, at_eof = pgupstream.hand_over(login, self._server)
         if leftover:
             self._server_data(leftover)
         if at_eof:

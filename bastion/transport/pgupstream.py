@@ -164,6 +164,18 @@ async def login(
         raise PgUpstreamError(f"login to target {target.name} failed: {exc}") from None
 
 
+def hand_over(login: PgLogin, protocol: asyncio.Protocol) -> tuple[bytes, bool]:
+    """Give the logged-in socket to `protocol`, leaving the login's stream behind.
+
+    Returns what the stream had read but not yet handed out (the server may speak first:
+    a notice, a notification), and whether the server had already closed its side.
+    """
+    leftover = bytes(getattr(login.reader, "_buffer", b""))  # StreamReader keeps it there
+    at_eof = login.reader.at_eof()
+    login.writer.transport.set_protocol(protocol)
+    return leftover, at_eof
+
+
 async def _next(reader: asyncio.StreamReader, parser: pgwire.BackendParser) -> pgwire.Message:
     while True:
         event = parser.next_event()

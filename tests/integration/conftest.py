@@ -754,3 +754,57 @@ def make_gateway(
     for server in servers:
         if server.proc is not None and server.proc.poll() is None:
             server.stop(signal.SIGKILL)
+
+
+# -- a slow reader of a stream, and the bastion's memory meanwhile ---------------------------
+
+PAUSE_S = 3
+# Reads 64 KiB every 10 ms for PAUSE_S seconds, then the rest at full speed; prints the total.
+SLOW_READER = (
+    "import sys, time\n"
+    f"end = time.monotonic() + {PAUSE_S}; n = 0\n"
+    "while (b := sys.stdin.buffer.read1(65536)):\n"
+    "    n += len(b)\n"
+    "    if time.monotonic() < end: time.sleep(0.01)\n"
+    "print(n)\n"
+)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def peak_growth(pid: int, proc: subprocess.Popen[bytes], seconds: float) -> int:
+    base = _rss(pid)
+    peak = base
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        peak = max(peak, _rss(pid))
+        time.sleep(0.05)
+    return peak - base
+
+
+def drain_slowly(
+    bastion_pid: int, argv: list[str], env: dict[str, str] | None = None
+) -> tuple[int, int]:
+    """Run `argv` with its output read by SLOW_READER; (the bastion's peak RSS growth
+    meanwhile, bytes read). `argv` must exit 0."""
+    producer = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    slow = subprocess.Popen(
+        ["python3", "-c", SLOW_READER], stdin=producer.stdout, stdout=subprocess.PIPE, text=True
+    )
+    assert producer.stdout is not None
+    producer.stdout.close()
+    try:
+        growth = peak_growth(bastion_pid, producer, PAUSE_S)
+        out, _ = slow.communicate(timeout=120)
+        assert producer.wait(60) == 0
+    finally:
+        for proc in (producer, slow):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return growth, int(out)

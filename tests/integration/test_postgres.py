@@ -25,8 +25,7 @@ import pytest
 from psycopg import errors
 
 from tests.integration import pg_helpers as pg
-from tests.integration.conftest import Server, Spawned, cli, wait_until
-from tests.integration.test_flow_control import drain_slowly
+from tests.integration.conftest import Server, Spawned, cli, drain_slowly, wait_until
 from tests.peers import Postgres
 
 
