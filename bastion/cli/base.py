@@ -148,11 +148,11 @@ def serve(
     metrics_listen: str | None,
 ) -> None:
     """Run the SSH gateway (runs `init` first on a fresh home)."""
-    import asyncio
-
     from bastion import logs
+    from bastion.daemon import run
     from bastion.daemon import serve as run_gateway
 
     home = obj.home()
     logs.configure(log_level, log_format or home.config.server.log_format)
-    asyncio.run(run_gateway(home, obj.clock, obj.actor, listen, metrics_listen))
+    server = home.config.server
+    run(run_gateway(home, obj.clock, obj.actor, listen, metrics_listen), server.event_loop)

@@ -36,16 +36,14 @@ def web(ctx: click.Context, listen: str | None, tls_cert: str | None, tls_key: s
         if listen or tls_cert or tls_key:
             raise InvalidInput("--listen, --tls-cert and --tls-key go with `bastion web` alone")
         return
-    import asyncio
-
     from bastion import logs
-    from bastion.daemon import serve_web
+    from bastion.daemon import run, serve_web
 
     obj = ctx.find_object(CliContext)
     assert obj is not None
     home = obj.home()
     logs.configure("info", home.config.server.log_format)
-    asyncio.run(serve_web(home, obj.clock, listen, tls_cert, tls_key))
+    run(serve_web(home, obj.clock, listen, tls_cert, tls_key), home.config.server.event_loop)
 
 
 @web.group("user")

@@ -224,6 +224,7 @@ def test_json_logs_carry_the_key_events(make_server: MakeServer, tmp_path: Path,
         by_event.setdefault(event.get("event", ""), []).append(event)
     [listening] = by_event["listening"]
     assert (listening["host"], listening["port"]) == ("127.0.0.1", server.port)
+    assert listening["event_loop"] == "uvloop"  # the default
     [accepted] = by_event["login.accepted"]
     assert (accepted["agent"], accepted["grant"], accepted["login"]) == (
         "bot",
@@ -254,6 +255,29 @@ def test_text_logs_are_the_default(make_server: MakeServer) -> None:
     server.stop()
     line = next(li for li in server.log().splitlines() if "listening on" in li)
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO bastion: listening on ", line)
+
+
+def test_the_standard_asyncio_loop_is_a_config_choice(make_server: MakeServer) -> None:
+    server = make_server(config='[server]\nevent_loop = "asyncio"\n')
+    server.start()
+    grant = server.issue("prod-web")
+    assert server.ssh("prod-web", grant.key, "echo hi").stdout == "hi\n"
+    assert server.stop() == 0
+    line = next(li for li in server.log().splitlines() if "listening on" in li)
+    assert line.endswith(", asyncio event loop)"), line
+
+
+def test_bad_event_loop_in_config_is_one_line_error(make_server: MakeServer) -> None:
+    server = make_server(config='[server]\nevent_loop = "trio"\n')
+
+    result = run_cli(server.home, "serve", "--listen", f"127.0.0.1:{server.port}")
+
+    assert result.returncode == 6
+    assert result.stderr == (
+        f"bastion: error: 'server.event_loop' in {server.home / 'bastion.toml'}"
+        ' must be "uvloop" or "asyncio", got \'trio\'\n'
+    )
+    assert connect_refused(server.port)
 
 
 def test_bad_log_format_in_config_is_one_line_error(make_server: MakeServer) -> None:

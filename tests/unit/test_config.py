@@ -226,6 +226,7 @@ def test_operations_defaults(tmp_path: Path) -> None:
     config = load_config(tmp_path)
     assert config.server.shutdown_grace == timedelta(seconds=10)
     assert config.server.log_format == "text"
+    assert config.server.event_loop == "uvloop"
     assert config.metrics.listen == ""
     assert config.metrics.allow_remote is False
 
@@ -233,12 +234,13 @@ def test_operations_defaults(tmp_path: Path) -> None:
 def test_operations_values_are_read(tmp_path: Path) -> None:
     write_config(
         tmp_path,
-        '[server]\nshutdown_grace = "3s"\nlog_format = "json"\n'
+        '[server]\nshutdown_grace = "3s"\nlog_format = "json"\nevent_loop = "asyncio"\n'
         '[metrics]\nlisten = "127.0.0.1:9464"\n',
     )
     config = load_config(tmp_path)
     assert config.server.shutdown_grace == timedelta(seconds=3)
     assert config.server.log_format == "json"
+    assert config.server.event_loop == "asyncio"
     assert config.metrics.listen == "127.0.0.1:9464"
 
 
@@ -266,6 +268,8 @@ def test_metrics_off_loopback_with_allow_remote(tmp_path: Path) -> None:
     [
         ('[server]\nlog_format = "xml"\n', "server.log_format", '"text" or "json"'),
         ("[server]\nlog_format = 1\n", "server.log_format", "type str"),
+        ('[server]\nevent_loop = "trio"\n', "server.event_loop", '"uvloop" or "asyncio"'),
+        ('[server]\nevent_loop = "UVLOOP"\n', "server.event_loop", '"uvloop" or "asyncio"'),
         ('[server]\nshutdown_grace = "0s"\n', "server.shutdown_grace", "longer than zero"),
         ('[server]\nshutdown_grace = "1h"\n', "server.shutdown_grace", "at most 10m"),
         ("[server]\nshutdown_grace = 10\n", "server.shutdown_grace", "duration"),
