@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
@@ -325,16 +325,25 @@ class _TcpHalf(asyncio.Protocol):
     def __init__(self) -> None:
         self.forward: ForwardRelay | None = None
         self.transport: asyncio.Transport | None = None
+        self.early: list[bytes] = []  # what the target sent before the SSH channel opened
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.pause_reading()  # until the SSH channel exists
+        # A socket transport (not an `asyncio.Transport` subclass on uvloop).
+        self.transport = cast(asyncio.Transport, transport)
+        # Until the SSH channel exists. uvloop starts reading right after this callback
+        # whatever it was told, so `ForwardRelay.open` pauses again and `data_received`
+        # keeps what came meanwhile.
+        self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
-        assert self.forward is not None
-        self.forward.bytes_down += len(data)
-        self.forward.chan.write(data)
+        forward = self.forward
+        if forward is None or forward.chan is None:
+            self.early.append(data)
+            assert self.transport is not None
+            self.transport.pause_reading()
+            return
+        forward.bytes_down += len(data)
+        forward.chan.write(data)
 
     def eof_received(self) -> bool:
         if self.forward is not None and self.forward.chan is not None:
@@ -373,13 +382,18 @@ class ForwardRelay(asyncssh.SSHTCPSession[bytes]):
     @classmethod
     async def open(cls, conn: GatewayConnection, host: str, port: int, record: Any) -> ForwardRelay:
         loop = asyncio.get_running_loop()
-        _, tcp = await loop.create_connection(_TcpHalf, host, port)
+        transport, tcp = await loop.create_connection(_TcpHalf, host, port)
+        transport.pause_reading()
         return cls(conn, tcp, record)
 
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
         self.conn.forwards.add(self)
         assert self.tcp.transport is not None
+        early, self.tcp.early = self.tcp.early, []
+        for data in early:
+            self.bytes_down += len(data)
+            chan.write(data)
         self.tcp.transport.resume_reading()
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
