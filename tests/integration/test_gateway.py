@@ -24,6 +24,7 @@ import pytest
 from tests.integration.conftest import (
     EchoServer,
     Server,
+    add_ssh_target,
     keygen,
     target_processes,
     unique_sleep,
@@ -362,6 +363,33 @@ def test_stdio_forward_ends_when_the_target_closes(
     )
 
     assert (relayed.returncode, relayed.stdout) == (0, "ping\n")
+
+
+def test_a_target_that_speaks_first_is_relayed_from_its_first_byte(
+    gateway: Server, sshd: Sshd, target_login_key: Path
+) -> None:
+    # sshd sends its banner as soon as it accepts, before the bastion's channel to the
+    # client is open: those bytes are kept and come first.
+    add_ssh_target(gateway.home, "banner-sshd", sshd, target_login_key)
+    grant = gateway.issue("echo-db", "banner-sshd")
+    local_port = free_port()
+    tunnel = gateway.spawn(
+        "echo-db",
+        grant.key,
+        opts=["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{local_port}:banner-sshd:22"],
+    )
+    with _connect_when_listening(local_port) as sock:
+        banner = b""
+        while not banner.endswith(b"\r\n"):
+            chunk = sock.recv(256)
+            assert chunk, banner
+            banner += chunk
+    assert banner.startswith(b"SSH-2.0-OpenSSH"), banner
+
+    tunnel.stop()
+    [record] = gateway.ended_sessions(grant)
+    assert (record["target"], record["bytes_up"]) == ("banner-sshd", 0)
+    assert record["bytes_down"] == len(banner)  # counted, early bytes too
 
 
 def test_stdio_forward_relays_bytes(gateway: Server) -> None:
