@@ -673,7 +673,15 @@ RULE_SETS = [DEFAULT_RULES, rules(*ALL_RULES), (), *((rule,) for rule in OPT_IN)
 def test_shortcuts_never_change_the_answer(sql: str) -> None:
     for rule_set in RULE_SETS:
         assert classify_sql(sql, rule_set) == slow_classify(sql, rule_set), rule_set
+        assert_relay_check_agrees(sql, rule_set)
     assert statement_kind(sql) == slow_statement_kind(sql)
+
+
+def assert_relay_check_agrees(sql: str, rule_set: tuple[StatementRule, ...]) -> None:
+    """The relay's `check_sql` gives `classify_sql`'s verdict, without the kinds."""
+    verdict = classify_sql(sql, rule_set)
+    checked = sqlclass.check_sql(sql, sqlclass.compile_rules(rule_set))
+    assert checked == (verdict if isinstance(verdict, NeedsApproval) else None), rule_set
 
 
 IDENTIFIER = st.one_of(
@@ -804,6 +812,7 @@ def test_shortcuts_never_change_the_answer_generated(
     sql: str, rule_set: tuple[StatementRule, ...]
 ) -> None:
     assert classify_sql(sql, rule_set) == slow_classify(sql, rule_set)
+    assert_relay_check_agrees(sql, rule_set)
     assert statement_kind(sql) == slow_statement_kind(sql)
 
 
