@@ -19,10 +19,14 @@ frame). A file cut short
 from __future__ import annotations
 
 import json
+import math
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
+
+_json_str = encode_basestring_ascii  # the escaping json.dumps uses (C)
 
 MAGIC = b"BASTREC\x01"
 _HEADER = struct.Struct("<cdI")
@@ -70,6 +74,35 @@ def encode(kind: bytes, time: float, payload: bytes) -> bytes:
 
 def encode_json(kind: bytes, time: float, value: Mapping[str, Any]) -> bytes:
     return encode(kind, time, json.dumps(value, sort_keys=True).encode())
+
+
+def query_entry(
+    sql: str,
+    params: Sequence[str | None] | None,
+    duration_ms: float,
+    rows: int,
+    tags: Sequence[str],
+    error: str | None,
+    verdict: str,
+) -> bytes:
+    """A `q` frame's payload: the JSON object `json.dumps` would make of these fields.
+
+    Written once per statement on the relay's hot path, where building a dict and calling
+    `json.dumps` cost about three times as much (`pgbench -S` logs 10,000 statements a
+    second). Strings go through the json module's own escaping.
+    """
+    p = "null" if params is None else "[" + ",".join(map(_json_or_null, params)) + "]"
+    e = "null" if error is None else _json_str(error)
+    d = repr(float(duration_ms)) if math.isfinite(duration_ms) else json.dumps(duration_ms)
+    return (
+        f'{{"sql":{_json_str(sql)},"params":{p},"duration_ms":{d},'
+        f'"rows":{int(rows)},"tags":[{",".join(map(_json_str, tags))}],"error":{e},'
+        f'"verdict":{_json_str(verdict)}}}'
+    ).encode()
+
+
+def _json_or_null(value: str | None) -> str:
+    return "null" if value is None else _json_str(value)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ import asyncssh
 
 from bastion import pgwire, sqlclass
 from bastion.models import ApprovalState, EndReason, Target
+from bastion.recording import format as fmt
 from bastion.transport import pgupstream
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bastion.postgres")
 
 _ROW_TYPES = frozenset({b"D", b"d"})
+_UNSEEN: Any = object()
 _PARAM_LIMIT = 200
 _SQL_LIMIT = 10_000
 _HELD_LIMIT = 1 << 20
@@ -117,7 +119,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._pending: deque[_Pending] = deque()
         self._statements: dict[str, str] = {}
         self._verdicts: dict[str, str] = {}
-        self._verdict_cache: dict[str, sqlclass.Allowed | sqlclass.NeedsApproval] = {}
+        self._verdict_cache: dict[str, sqlclass.NeedsApproval | None] = {}
         self._client_cancel: asyncio.Event | None = None
         self._replacement: bytes | None = None
         self._portals: dict[str, tuple[str, list[str | None]]] = {}
@@ -130,7 +132,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)
         )
         policy = self.gateway.config.target_policy(target.name)
-        self._rules = self.gateway.config.statement_rules(target.name)
+        self._rules = sqlclass.compile_rules(self.gateway.config.statement_rules(target.name))
         self._redact = policy.redact_parameters
         self._databases = policy.databases
 
@@ -303,14 +305,14 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         message = pgwire.decode_frontend(frame)
         assert isinstance(message, pgwire.Query | pgwire.Parse)
         sql = message.sql if isinstance(message, pgwire.Query) else message.query
-        verdict = self._verdict_cache.get(sql)
-        if verdict is None:
+        verdict = self._verdict_cache.get(sql, _UNSEEN)
+        if verdict is _UNSEEN:
             # Drivers send the same Parse text on every execute: classify it once.
-            verdict = sqlclass.classify_sql(sql, self._rules)
+            verdict = sqlclass.check_sql(sql, self._rules)
             if len(self._verdict_cache) >= 256:
                 self._verdict_cache.clear()
             self._verdict_cache[sql] = verdict
-        if isinstance(verdict, sqlclass.NeedsApproval):
+        if verdict is not None:
             self._flush(out)
             out.clear()
             self._holding = True
@@ -562,25 +564,28 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     def _write_log(self, entry: _Pending) -> None:
         if self.recorder is None:
             return
-        record = {
-            "sql": entry.sql[:_SQL_LIMIT],
-            "params": entry.params,
-            "duration_ms": round((self._now() - entry.started) * 1000, 3),
-            "rows": entry.rows,
-            "tags": entry.tags,
-            "error": entry.error,
-            "verdict": entry.verdict,
-        }
-        self._append(record)
+        line = fmt.query_entry(
+            entry.sql[:_SQL_LIMIT],
+            entry.params,
+            round((self._now() - entry.started) * 1000, 3),
+            entry.rows,
+            entry.tags,
+            entry.error,
+            entry.verdict,
+        )
+        self._record(line)
 
     def _log_event(self, event: str, details: dict[str, Any]) -> None:
         if self.recorder is not None:
             self._append({"event": event, **details})
 
     def _append(self, record: dict[str, Any]) -> None:
+        self._record(json.dumps(record).encode())
+
+    def _record(self, line: bytes) -> None:
         assert self.recorder is not None
         try:
-            self.recorder.query(json.dumps(record).encode())
+            self.recorder.query(line)
         except Exception as exc:  # RecordingFailed
             self.conn.recording_lost_forward(self, str(exc))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -143,3 +144,47 @@ def test_a_full_disk_fails_the_recording_and_keeps_what_was_written(
         recorder.close({"reason": "exit"})
     parsed = fmt.parse(path.read_bytes())
     assert [f.payload for f in parsed.frames[1:]] == [b"x" * 1000]
+
+
+# -- the query log's entries ------------------------------------------------------------
+
+_text = st.text(st.characters(codec="utf-8"), max_size=40)
+
+
+@given(
+    sql=_text,
+    params=st.none() | st.lists(st.none() | _text, max_size=4),
+    duration=st.floats(min_value=0, max_value=1e9, allow_nan=False),
+    rows=st.integers(min_value=0, max_value=2**63),
+    tags=st.lists(_text, max_size=3),
+    error=st.none() | _text,
+    verdict=_text,
+)
+def test_a_query_entry_is_the_json_object_json_dumps_makes(
+    sql: str,
+    params: list[str | None] | None,
+    duration: float,
+    rows: int,
+    tags: list[str],
+    error: str | None,
+    verdict: str,
+) -> None:
+    fields = {
+        "sql": sql,
+        "params": params,
+        "duration_ms": duration,
+        "rows": rows,
+        "tags": tags,
+        "error": error,
+        "verdict": verdict,
+    }
+    line = fmt.query_entry(sql, params, duration, rows, tags, error, verdict)
+    assert line == json.dumps(fields, separators=(",", ":")).encode()
+    assert json.loads(line) == fields
+
+
+def test_a_query_entry_escapes_what_would_break_the_json() -> None:
+    line = fmt.query_entry("SELECT '\"\\\n\x00é\U0001f600", ["\x1b[31m"], 1.5, 1, ["X"], None, "ok")
+    assert line.isascii()
+    assert json.loads(line)["sql"] == "SELECT '\"\\\n\x00é\U0001f600"
+    assert json.loads(line)["params"] == ["\x1b[31m"]
