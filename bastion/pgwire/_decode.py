@@ -38,7 +38,7 @@ from bastion.pgwire._backend import (
     RowDescription,
     Unknown,
 )
-from bastion.pgwire._codec import Reader
+from bastion.pgwire._codec import TEXT_ENCODING, TEXT_ERRORS, Reader
 from bastion.pgwire._errors import ProtocolError
 from bastion.pgwire._framing import (
     CANCEL_REQUEST_CODE,
@@ -82,8 +82,12 @@ def _empty(cls: type[M]) -> Callable[[bytes], M]:
 def _one_string(cls: Callable[..., M]) -> Callable[[bytes], M]:
     """Decoder for a message whose body is one NUL-terminated string."""
 
+    what = getattr(cls, "__name__", "message")
+
     def decode(raw: bytes) -> M:
-        reader = Reader(raw, 5, getattr(cls, "__name__", "message"))
+        if raw.find(b"\0", 5) == len(raw) - 1:  # the one string, then nothing: decode it
+            return cls(raw[5:-1].decode(TEXT_ENCODING, TEXT_ERRORS), raw=raw)
+        reader = Reader(raw, 5, what)  # and say what is wrong
         text = reader.cstring()
         reader.end()
         return cls(text, raw=raw)

@@ -112,6 +112,8 @@ class FrameReader:
         "_more",
         "_more_len",
         "_pos",
+        "_run_fast",
+        "_run_types",
         "_tail",
         "_typed",
     )
@@ -141,6 +143,8 @@ class FrameReader:
         self._fast_typed = fast
         self._typed = typed
         self._fast = fast if typed else _NONE
+        self._run_types: dict[frozenset[bytes], frozenset[bytes]] = {}  # types & _fast
+        self._run_fast = self._fast  # what _run_types was computed for
         self._max_message_size = max_message_size
         self._max_startup_size = max_startup_size
 
@@ -191,6 +195,10 @@ class FrameReader:
             if end <= size and 4 <= length <= self._max_message_size and kind in self._fast:
                 self._pos = end
                 return kind, chunk[pos:end]
+        elif pos == size and self._fast and not (self._more or self._tail or self._eof):
+            # All read, as after every answer a relay passes on: nothing can be wrong yet.
+            # (`_fast` is empty once stopped or finished; at EOF the slow path says CLOSED.)
+            return NEED_DATA
         return self._next_frame_slow()
 
     def next_run(self, types: frozenset[bytes]) -> bytes:
@@ -212,7 +220,10 @@ class FrameReader:
         start = pos = self._pos
         size = len(chunk)
         limit = self._max_message_size
-        allowed = types & self._fast
+        allowed = self._run_types.get(types)
+        if allowed is None or self._run_fast is not self._fast:
+            self._run_types, self._run_fast = {}, self._fast
+            allowed = self._run_types[types] = types & self._fast
         while size - pos >= 5:
             kind, length = _unpack_header(chunk, pos)
             end = pos + 1 + length

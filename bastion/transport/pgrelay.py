@@ -73,7 +73,7 @@ _PASSED_PARAMETERS = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """One statement (or extended batch end) waiting for its answer from the server."""
 
@@ -135,6 +135,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._rules = sqlclass.compile_rules(self.gateway.config.statement_rules(target.name))
         self._redact = policy.redact_parameters
         self._databases = policy.databases
+        self._now = conn.gate.bastion.clock.monotonic  # statement timing for the query log
 
     # -- the agent's side ---------------------------------------------------------
 
@@ -461,10 +462,6 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             parser.receive_data(data)
             out: list[bytes] = []
             while True:
-                run = parser.next_run(_ROW_TYPES)
-                if run:
-                    out.append(run)
-                    continue
                 frame = parser.next_frame()
                 if frame is pgwire.NEED_DATA:
                     break
@@ -474,6 +471,13 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                     self._close(EndReason.EXIT, "the target closed the connection")
                     return
                 assert not isinstance(frame, pgwire.Signal)
+                if frame[0] in _ROW_TYPES:
+                    # Rows come in runs: the rest of this run, as one slice.
+                    out.append(frame[1])
+                    run = parser.next_run(_ROW_TYPES)
+                    if run:
+                        out.append(run)
+                    continue
                 if self._server_frame(frame):
                     out.append(self._replacement or frame[1])
                 self._replacement = None
@@ -558,8 +562,6 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
 
     # -- the query log ----------------------------------------------------------------
 
-    def _now(self) -> float:
-        return self.conn.gate.bastion.clock.monotonic()
 
     def _write_log(self, entry: _Pending) -> None:
         if self.recorder is None:
