@@ -222,12 +222,41 @@ def _send_packet(self: Any, pkttype: int, *args: Any, handler: Any = None) -> No
     padlen = -(self._send_enchdrlen + payload_len) % blocksize
     if padlen < 4:
         padlen += blocksize
-    plain = b"".join((bytes((padlen, pkttype)), *args, os.urandom(padlen)))
+    plain = b"".join((bytes((padlen, pkttype)), *args, _padding(padlen)))
     pktlen = len(plain)
     header, body = seal(enc._cipher, pktlen.to_bytes(4, "big"), plain)
     _send_parts(self, (header, body))  # dropped without a transport; the sequence advances
     self._send_seq = (self._send_seq + 1) & 0xFFFFFFFF
     self._rekey_bytes_sent += pktlen
+
+
+class _Padding:
+    """Random padding bytes cut from 4 KiB of `os.urandom` at a time.
+
+    Fresh CSPRNG output for every packet, as with asyncssh's `os.urandom(padlen)`, but
+    one `getrandom()` call for a few hundred small packets, not one each. (AES-GCM
+    encrypts the padding; OpenSSH fills it from arc4random, a user-space CSPRNG.)
+    """
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.pos = 0
+        os.register_at_fork(after_in_child=self.discard)  # a child never reuses bytes
+
+    def discard(self) -> None:
+        self.pool, self.pos = b"", 0
+
+    def __call__(self, n: int) -> bytes:
+        pos = self.pos
+        if pos + n > len(self.pool):
+            self.pool, pos = os.urandom(max(self.SIZE, n)), 0
+        self.pos = pos + n
+        return self.pool[pos : pos + n]
+
+
+_padding = _Padding()
 
 
 def _channel_send_packet(self: Any, pkttype: int, *args: Any) -> None:

@@ -562,7 +562,6 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
 
     # -- the query log ----------------------------------------------------------------
 
-
     def _write_log(self, entry: _Pending) -> None:
         if self.recorder is None:
             return

@@ -238,3 +238,49 @@ def test_no_keepalives_while_data_keeps_arriving() -> None:
     sent, output = asyncio.run(_keepalives("talk"))
     assert output == b"x" * 2000
     assert sent == 0
+
+
+def test_padding_never_reuses_a_random_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        block = bytes((len(drawn) * 7 + i) % 256 for i in range(n))
+        drawn.append(block)
+        return block
+
+    padding = asyncssh_fastpath._Padding()
+    monkeypatch.setattr(asyncssh_fastpath.os, "urandom", urandom)
+    sizes = [4 + i % 16 for i in range(1000)]
+    pieces = [padding(n) for n in sizes]
+
+    assert [len(p) for p in pieces] == sizes
+    assert len(drawn) > 1  # refilled on the way
+    # Every piece is the next unused stretch of what os.urandom returned: nothing is used
+    # twice, and a piece that doesn't fit the rest of a pool starts a fresh one.
+    position = {id(block): 0 for block in drawn}
+    block_index = 0
+    for piece in pieces:
+        block = drawn[block_index]
+        if position[id(block)] + len(piece) > len(block):
+            block_index += 1
+            block = drawn[block_index]
+        start = position[id(block)]
+        assert piece == block[start : start + len(piece)]
+        position[id(block)] = start + len(piece)
+    assert block_index == len(drawn) - 1
+    assert padding(5000) == drawn[-1] and len(drawn[-1]) == 5000  # larger than the pool
+
+
+def test_a_forked_child_draws_fresh_padding() -> None:
+    padding = asyncssh_fastpath._Padding()
+    padding(4)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what it gets must not be the parent's next bytes
+        os.write(write, padding(16))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 16 and child != padding(16)
