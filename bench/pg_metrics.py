@@ -163,19 +163,111 @@ def sql_classify(batches: int, batch: int) -> dict[str, Any]:
         assert isinstance(frame, tuple)
         return pgwire.decode_frontend(frame)
 
+    ruleset = sqlclass.compile_rules()
     out: dict[str, Any] = {"batches": batches, "batch": batch, "statements": {}}
     for label, sql in _statements().items():
         raw = pgwire.encode(pgwire.Query(sql))
         verdict = sqlclass.classify_sql(sql)
         wire_us, wire_min = _per_call_us(wire, raw, batches, batch)
         classify_us, classify_min = _per_call_us(sqlclass.classify_sql, sql, batches, batch)
+        check_us, _ = _per_call_us(lambda q: sqlclass.check_sql(q, ruleset), sql, batches, batch)
         out["statements"][label] = {
             "sql_bytes": len(sql.encode()),
             "verdict": type(verdict).__name__,
             "wire_decode_us": wire_us,
             "classify_us": classify_us,
             "total_us": wire_us + classify_us,
+            "relay_check_us": check_us,  # check_sql: the relay's check (no statement kinds)
             "min_wire_decode_us": wire_min,
             "min_classify_us": classify_min,
         }
     return out
+
+
+# -- the relay's own work per statement --------------------------------------------
+
+
+def pg_relay(batches: int, batch: int) -> dict[str, Any]:
+    """µs of the PostgreSQL relay's Python per `pgbench -S` query, in this process.
+
+    A real `PgRelay` between stand-ins for the SSH channel and the target's socket (they
+    only count bytes), a real recording for its query log: one Query in; RowDescription,
+    DataRow, CommandComplete and ReadyForQuery out. That is framing both ways, decoding
+    the Query and CommandComplete, `check_sql`, the pending-statement queue and the log
+    entry; not asyncssh, the event loop or the four `send()`/`recv()` calls. Steadier
+    than the pgbench run on a shared machine, so it shows what a change to the relay buys.
+    """
+    import struct
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace as Fake
+
+    from bastion import pgwire
+    from bastion.clock import SystemClock
+    from bastion.config import Config
+    from bastion.recording.writer import Recorder
+    from bastion.transport import pgrelay
+
+    class Ends:  # the SSH channel and the target's transport
+        def __init__(self) -> None:
+            self.bytes = 0
+
+        def write(self, data: bytes) -> None:
+            self.bytes += len(data)
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+    clock = SystemClock()
+    gateway = Fake(config=Config(), pg_backends={})
+    conn = Fake(gateway=gateway, forwards=set(), gate=Fake(bastion=Fake(clock=clock)))
+    chan, target = Ends(), Ends()
+    with tempfile.TemporaryDirectory() as tmp:
+        recorder = Recorder(Path(tmp) / "pg.rec", clock, {"bench": True})
+        relay = pgrelay.PgRelay(
+            conn,  # type: ignore[arg-type]
+            Fake(name="pg", database="d", user="u"),  # type: ignore[arg-type]
+            Fake(agent="bench", grant_id="g"),
+            recorder,
+        )
+        relay.connection_made(chan)
+        # Past the login (which needs a server): the relay's state after `_connect`.
+        relay._client.receive_data(pgwire.encode(pgwire.StartupMessage({"user": "u"})))
+        assert isinstance(relay._client.next_event(), pgwire.StartupMessage)
+        relay._phase = "ready"
+        relay._writer = Fake(write=target.write, transport=target)  # type: ignore[assignment]
+        relay._server = pgrelay._ServerSide(relay, pgwire.BackendParser(), target)
+        body = struct.pack("!h", 1) + b"abalance\0" + struct.pack("!ihihih", 16390, 3, 23, 4, -1, 0)
+        answer = b"".join(
+            (
+                b"T" + struct.pack("!i", 4 + len(body)) + body,
+                b"D\x00\x00\x00\x0f\x00\x01\x00\x00\x00\x05-4321",
+                pgwire.encode(pgwire.CommandComplete("SELECT 1")),
+                pgwire.encode(pgwire.ReadyForQuery("I")),
+            )
+        )
+        total = batches * batch + min(batch, 200)
+        select = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+        queries = iter([pgwire.encode(pgwire.Query(select.format(n))) for n in range(total)])
+
+        def one(_: None) -> None:
+            relay.data_received(next(queries), None)
+            relay._server_data(answer)
+
+        median, best = _per_call_us(one, None, batches, batch)
+        logged = recorder.size + sum(len(c) for c in recorder._chunks)
+    return {
+        "batches": batches,
+        "batch": batch,
+        "us_per_query": median,
+        "min_us_per_query": best,
+        "bytes_to_agent": chan.bytes,
+        "bytes_to_target": target.bytes,
+        "query_log_bytes": logged,
+    }

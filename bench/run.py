@@ -157,6 +157,7 @@ METRICS = (
     "pgbench",
     "pg_copy",
     "sql_classify",
+    "pg_relay",
 )
 # The PostgreSQL server runs for these. `forward` needs it too: a grant permits `-L`
 # only when it covers a database target (policy.certificate_permissions).
@@ -195,6 +196,7 @@ def _measurements(world: World, procs: Procs, s: Settings) -> dict[str, Callable
         ),
         "pg_copy": lambda: pg_metrics.pg_copy(world, procs, s.pg_copy_rows, s.pg_copy_reps),
         "sql_classify": lambda: pg_metrics.sql_classify(s.classify_batches, s.classify_batch),
+        "pg_relay": lambda: pg_metrics.pg_relay(s.classify_batches, s.classify_batch * 10),
     }
 
 
@@ -501,6 +503,27 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
                     "info",
                 )
             )
+            rows.append(
+                Row(
+                    f"  check_sql (the relay's check): {what} (µs)",
+                    "-",
+                    _f(st["relay_check_us"], 1),
+                    "-",
+                    "-",
+                    "info",
+                )
+            )
+    if not error_row("pg_relay", "relay's Python per pgbench query (µs)"):
+        rows.append(
+            Row(
+                "relay's Python per pgbench -S query, in-process (µs)",
+                "-",
+                _f(results["pg_relay"]["us_per_query"], 1),
+                "-",
+                "-",
+                "info",
+            )
+        )
     return rows
 
 
