@@ -4,7 +4,8 @@ Responsible for: reading SQL text with PostgreSQL's own grammar (pglast wraps li
 server's parser; regular expressions never decide), and matching every statement the text
 would run against `StatementRule`s. The answer is a value, `Allowed(kinds)` or
 `NeedsApproval(reasons)`: this module decides, the relay enforces. `classify_sql` never
-raises. `statement_kind` names statements for the query log, after PostgreSQL's command tags
+raises; `check_sql` gives the relay the same verdict on rules compiled once per session
+(`compile_rules`), without naming the statements' kinds. `statement_kind` names statements for the query log, after PostgreSQL's command tags
 ("SELECT", "DROP TABLE").
 
 Not responsible for: sessions, approvals, rewriting SQL, or what the database would permit.
