@@ -5,8 +5,8 @@ server's parser; regular expressions never decide), and matching every statement
 would run against `StatementRule`s. The answer is a value, `Allowed(kinds)` or
 `NeedsApproval(reasons)`: this module decides, the relay enforces. `classify_sql` never
 raises; `check_sql` gives the relay the same verdict on rules compiled once per session
-(`compile_rules`), without naming the statements' kinds. `statement_kind` names statements for the query log, after PostgreSQL's command tags
-("SELECT", "DROP TABLE").
+(`compile_rules`), without naming the statements' kinds. `statement_kind` names
+statements for the query log, after PostgreSQL's command tags ("SELECT", "DROP TABLE").
 
 Not responsible for: sessions, approvals, rewriting SQL, or what the database would permit.
 It is a tripwire for well-meaning agents, not a sandbox: what runs inside functions and
