@@ -467,6 +467,11 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
                 _verdict(ratio >= GOAL_PG),
             )
         )
+        per_query = results["pgbench"]["bastion_cpu_us_per_query"]
+        if per_query is not None:
+            rows.append(
+                Row("  bastion's CPU per query (µs)", "-", _f(per_query, 1), "-", "-", "info")
+            )
     label = f"psql COPY (SELECT ...) TO STDOUT, {s.pg_copy_rows * 1001 // M} MB (MB/s)"
     if not error_row("pg_copy", label):
         med = results["pg_copy"]["median_mb_s"]
