@@ -17,7 +17,9 @@ Refused, the relay makes the *server* raise the error: it sends, instead of the
 statement, a `DO` block that raises SQLSTATE 42501 with the reason. The server then
 answers ErrorResponse and ReadyForQuery with the transaction status it really has (an
 open transaction becomes aborted), so the agent's session and the server stay in step.
-For a refused Parse the client's messages before its Sync are dropped, the relay sends
+An approval covers one execution: a prepared statement whose Parse was approved runs
+once, and each later Bind of it (running it again) is held for a new approval. For a
+refused Parse or Bind the client's messages before its Sync are dropped, the relay sends
 the DO as a Query, and the client's own Sync is forwarded: the DO's ReadyForQuery is
 swallowed and the Sync's answers the batch (if the server was already skipping to Sync
 after an earlier error, it skips the DO too, and nothing needs swallowing).
@@ -119,6 +121,10 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._pending: deque[_Pending] = deque()
         self._statements: dict[str, str] = {}
         self._verdicts: dict[str, str] = {}
+        # Prepared statements that needed approval: why, and those whose approval still
+        # covers an execution (the next Bind).
+        self._reasons: dict[str, tuple[str, ...]] = {}
+        self._covered: set[str] = set()
         self._verdict_cache: dict[str, sqlclass.NeedsApproval | None] = {}
         self._client_cancel: asyncio.Event | None = None
         self._replacement: bytes | None = None
@@ -275,7 +281,8 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             if kind in (b"Q", b"P") and self._gate(frame, out):
                 break
             if kind == b"B":
-                self._note_bind(frame)
+                if self._gate_bind(frame, out):
+                    break
             elif kind == b"E":
                 self._note_execute(frame)
             elif kind == b"S":
@@ -314,25 +321,67 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                 self._verdict_cache.clear()
             self._verdict_cache[sql] = verdict
         if verdict is not None:
-            self._flush(out)
-            out.clear()
-            self._holding = True
-            self.chan.pause_reading()
-            self._spawn(self._approve(frame, message, sql, verdict.reasons))
+            self._hold(frame, message, sql, verdict.reasons, out)
             return True
         self._admit(message, sql, "allowed")
         return False
 
-    def _admit(self, message: pgwire.FrontendMessage, sql: str, verdict: str) -> None:
+    def _gate_bind(self, frame: pgwire.Frame, out: list[bytes]) -> bool:
+        """An approval covers one execution: the Bind that follows an approved Parse.
+        Binding that prepared statement again (running it again) waits for a new
+        approval. (Fetching more rows from the same portal is the same execution.)"""
+        bind = pgwire.decode_frontend(frame)
+        assert isinstance(bind, pgwire.Bind)
+        reasons = self._reasons.get(bind.statement)
+        if reasons is not None:
+            if bind.statement in self._covered:
+                self._covered.discard(bind.statement)
+            else:
+                sql = self._statements.get(bind.statement, "")
+                self._hold(frame, bind, sql, reasons, out)
+                return True
+        self._note_bind(bind)
+        return False
+
+    def _hold(
+        self,
+        frame: pgwire.Frame,
+        message: pgwire.FrontendMessage,
+        sql: str,
+        reasons: tuple[str, ...],
+        out: list[bytes],
+    ) -> None:
+        """Hold `frame` and everything after it until a human decides."""
+        self._flush(out)
+        out.clear()
+        self._holding = True
+        self.chan.pause_reading()
+        self._spawn(self._approve(frame, message, sql, reasons))
+
+    def _admit(
+        self,
+        message: pgwire.FrontendMessage,
+        sql: str,
+        verdict: str,
+        reasons: tuple[str, ...] | None = None,
+    ) -> None:
+        """Let a statement through; `reasons` when it needed (and got) approval."""
         if isinstance(message, pgwire.Query):
             self._pending.append(_Pending("query", sql=sql, started=self._now(), verdict=verdict))
         elif isinstance(message, pgwire.Parse):
             self._statements[message.name] = sql
             self._verdicts[message.name] = verdict
+            if reasons is None:
+                self._reasons.pop(message.name, None)
+                self._covered.discard(message.name)
+            else:  # approved for one execution
+                self._reasons[message.name] = reasons
+                self._covered.add(message.name)
+        elif isinstance(message, pgwire.Bind):  # approved again, for this execution
+            self._verdicts[message.statement] = verdict
+            self._note_bind(message)
 
-    def _note_bind(self, frame: pgwire.Frame) -> None:
-        bind = pgwire.decode_frontend(frame)
-        assert isinstance(bind, pgwire.Bind)
+    def _note_bind(self, bind: pgwire.Bind) -> None:
         params: list[str | None] = []
         for index, value in enumerate(bind.params):
             params.append(self._param(bind, index, value))
@@ -409,7 +458,8 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                     "NOTICE", "01000", f"[bastion] approved by {decided.decided_by} ({approval.id})"
                 )
             )
-            self._admit(message, sql, f"approved {approval.id} by {decided.decided_by}")
+            verdict = f"approved {approval.id} by {decided.decided_by}"
+            self._admit(message, sql, verdict, reasons)
             self._flush([frame[1]])
         else:
             sqlstate = "42501"

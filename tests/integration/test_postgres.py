@@ -469,6 +469,67 @@ def test_approved_extended_query_runs(
     assert rows_of(postgres, f"select count(*) from {table}") == ["0"]
 
 
+def test_an_approval_covers_one_run_of_a_prepared_statement(
+    pg_gateway: Server, tunnel: pg.Tunnel, table: str, postgres: Postgres
+) -> None:
+    # psycopg prepares the statement once (a named Parse) and, the second time, only
+    # binds and executes it: running it again is a new destructive act, approved anew.
+    sql = f"DELETE FROM {table}"
+    refill = f"INSERT INTO {table} SELECT i, 'w' || i FROM generate_series(1, 5) i"
+    with pg.connection(tunnel.port, autocommit=True) as conn, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(conn.execute, sql, prepare=True)
+        first_id = pg.pending_approval(pg_gateway, tunnel.grant)["id"]
+        approve(pg_gateway, first_id)
+        assert first.result(timeout=10).rowcount == 3
+        conn.execute(refill)
+
+        second = pool.submit(conn.execute, sql, prepare=True)
+        pending = pg.pending_approval(pg_gateway, tunnel.grant)
+        assert pending["id"] != first_id
+        assert (pending["text"], pending["reasons"]) == (sql, [f"DELETE without WHERE: {sql}"])
+        time.sleep(0.3)
+        assert not second.done()  # it waits; the rows are still there
+        assert rows_of(postgres, f"select count(*) from {table}") == ["5"]
+
+        approve(pg_gateway, pending["id"])
+        assert second.result(timeout=10).rowcount == 5
+        prepared = conn.execute(
+            "select count(*) from pg_prepared_statements where statement = %s", [sql]
+        ).fetchone()
+        assert prepared == (1,)  # one prepared statement, run twice
+    assert rows_of(postgres, f"select count(*) from {table}") == ["0"]
+    # The query log has each run under the approval that let it through.
+    tunnel.stop()
+    [session] = pg_gateway.ended_sessions(tunnel.grant)
+    runs = [e for e in pg.statements(pg.query_log(pg_gateway, session["id"])) if e["sql"] == sql]
+    assert [(e["verdict"], e["rows"]) for e in runs] == [
+        (f"approved {first_id} by alice", 3),
+        (f"approved {pending['id']} by alice", 5),
+    ]
+
+
+def test_running_an_approved_prepared_statement_again_can_be_denied(
+    pg_gateway: Server, tunnel: pg.Tunnel, table: str, postgres: Postgres
+) -> None:
+    sql = f"DELETE FROM {table}"
+    with pg.connection(tunnel.port, autocommit=True) as conn, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(conn.execute, sql, prepare=True)
+        approve(pg_gateway, pg.pending_approval(pg_gateway, tunnel.grant)["id"])
+        assert first.result(timeout=10).rowcount == 3
+        conn.execute(f"INSERT INTO {table} VALUES (7, 'kept')")
+
+        second = pool.submit(conn.execute, sql, prepare=True)
+        second_id = pg.pending_approval(pg_gateway, tunnel.grant)["id"]
+        deny(pg_gateway, second_id, "once was enough")
+
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refusal:
+            second.result(timeout=10)
+        assert str(refusal.value) == refused(second_id, "denied by alice: once was enough")
+        # The session goes on, the statement is still prepared, and nothing was deleted.
+        assert conn.execute(f"select v from {table}").fetchall() == [("kept",)]
+    assert rows_of(postgres, f"select v from {table}") == ["kept"]
+
+
 def test_refused_statement_in_a_pipeline(
     pg_gateway: Server, tunnel: pg.Tunnel, table: str, postgres: Postgres
 ) -> None:
