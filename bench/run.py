@@ -518,10 +518,11 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
                     "info",
                 )
             )
-    if not error_row("pg_relay", "relay's Python per pgbench query (µs)"):
+    label = "relay's Python per pgbench -S query, in-process (µs)"
+    if not error_row("pg_relay", label):
         rows.append(
             Row(
-                "relay's Python per pgbench -S query, in-process (µs)",
+                label,
                 "-",
                 _f(results["pg_relay"]["us_per_query"], 1),
                 "-",

@@ -23,7 +23,9 @@ import pytest
 
 from tests.integration.conftest import (
     EchoServer,
+    Grant,
     Server,
+    Spawned,
     add_ssh_target,
     keygen,
     target_processes,
@@ -286,6 +288,13 @@ def _connect_when_listening(port: int, timeout: float = 10.0) -> socket.socket:
     )
 
 
+def _local_forward(gateway: Server, grant: Grant, target: str) -> tuple[Spawned, int]:
+    """`ssh -N -L PORT:TARGET:22` as echo-db (a database target permits forwarding)."""
+    port = free_port()
+    opts = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{port}:{target}:22"]
+    return gateway.spawn("echo-db", grant.key, opts=opts), port
+
+
 def _try_connect(port: int) -> socket.socket | None:
     try:
         return socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -308,12 +317,7 @@ def test_local_forward_relays_to_the_granted_target(
 ) -> None:
     # echo-db in the grant permits forwarding; raw-echo is relayed as plain bytes.
     grant = gateway.issue("echo-db", "raw-echo")
-    local_port = free_port()
-    tunnel = gateway.spawn(
-        "echo-db",
-        grant.key,
-        opts=["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{local_port}:raw-echo:22"],
-    )
+    tunnel, local_port = _local_forward(gateway, grant, "raw-echo")
 
     payload = os.urandom(300_000)
     with _connect_when_listening(local_port) as sock:
@@ -372,12 +376,7 @@ def test_a_target_that_speaks_first_is_relayed_from_its_first_byte(
     # client is open: those bytes are kept and come first.
     add_ssh_target(gateway.home, "banner-sshd", sshd, target_login_key)
     grant = gateway.issue("echo-db", "banner-sshd")
-    local_port = free_port()
-    tunnel = gateway.spawn(
-        "echo-db",
-        grant.key,
-        opts=["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{local_port}:banner-sshd:22"],
-    )
+    tunnel, local_port = _local_forward(gateway, grant, "banner-sshd")
     with _connect_when_listening(local_port) as sock:
         banner = b""
         while not banner.endswith(b"\r\n"):
