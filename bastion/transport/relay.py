@@ -331,8 +331,8 @@ class _TcpHalf(asyncio.Protocol):
         # A socket transport (not an `asyncio.Transport` subclass on uvloop).
         self.transport = cast(asyncio.Transport, transport)
         # Until the SSH channel exists. uvloop starts reading right after this callback
-        # whatever it was told, so `ForwardRelay.open` pauses again and `data_received`
-        # keeps what came meanwhile.
+        # whatever it was told: `data_received` keeps what comes meanwhile and pauses
+        # again. (An end of stream read meanwhile is read again once reading resumes.)
         self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -382,8 +382,7 @@ class ForwardRelay(asyncssh.SSHTCPSession[bytes]):
     @classmethod
     async def open(cls, conn: GatewayConnection, host: str, port: int, record: Any) -> ForwardRelay:
         loop = asyncio.get_running_loop()
-        transport, tcp = await loop.create_connection(_TcpHalf, host, port)
-        transport.pause_reading()
+        _, tcp = await loop.create_connection(_TcpHalf, host, port)
         return cls(conn, tcp, record)
 
     def connection_made(self, chan: Any) -> None:

@@ -29,9 +29,13 @@ class _Channel:
 
     def __init__(self) -> None:
         self.written = bytearray()
+        self.eof = False
 
     def write(self, data: bytes) -> None:
         self.written += data
+
+    def write_eof(self) -> None:
+        self.eof = True
 
 
 class _Conn:
@@ -45,24 +49,36 @@ async def _greet_then_hold(reader: asyncio.StreamReader, writer: asyncio.StreamW
     writer.close()
 
 
-async def _open_late() -> None:
-    server = await asyncio.start_server(_greet_then_hold, LOOPBACK, 0)
+async def _close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()  # as a service that turns connections away does
+
+
+async def _open_late(
+    target: Callable[..., Coroutine[Any, Any, None]], said: bytes, ends: bool
+) -> None:
+    server = await asyncio.start_server(target, LOOPBACK, 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
         relay = await ForwardRelay.open(_Conn(), LOOPBACK, port, record=None)  # type: ignore[arg-type]
-        await asyncio.sleep(0.2)  # the greeting arrives before the channel opens
+        await asyncio.sleep(0.2)  # the greeting, or the end, arrives before the channel opens
         chan = _Channel()
         relay.connection_made(chan)
         for _ in range(100):
-            if chan.written:
+            if len(chan.written) == len(said) and chan.eof == ends:
                 break
             await asyncio.sleep(0.01)
-        assert bytes(chan.written) == GREETING
-        assert relay.bytes_down == len(GREETING)
+        assert bytes(chan.written) == said
+        assert relay.bytes_down == len(said)
+        assert chan.eof == ends  # the target's end reached the agent as EOF
         assert relay.tcp.transport is not None
         relay.tcp.transport.close()
 
 
 @pytest.mark.parametrize("loop", sorted(RUNNERS))
 def test_what_the_target_says_first_is_kept_until_the_channel_opens(loop: str) -> None:
-    RUNNERS[loop](_open_late())
+    RUNNERS[loop](_open_late(_greet_then_hold, GREETING, ends=False))
+
+
+@pytest.mark.parametrize("loop", sorted(RUNNERS))
+def test_a_target_that_ends_before_the_channel_opens_ends_the_channel(loop: str) -> None:
+    RUNNERS[loop](_open_late(_close_at_once, b"", ends=True))
