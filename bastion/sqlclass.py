@@ -57,7 +57,9 @@ makes the whole text need approval. Reasons read `<what matched>: <statement>`, 
 Cost: parsing is cheap, decoding libpg_query's parse tree into Python is not. A rule can only
 match where its keywords are written (a DELETE statement has the word "delete" in its text;
 keywords cannot be quoted or escaped), so a text holding none of the active rules' keywords
-skips the decode, and statements whose rules could only match at the top are not walked.
+skips the decode (and `check_sql`, with no kinds to name and no "do" in the text, skips
+building the tree: it only asks the parser whether the text parses), and statements whose
+rules could only match at the top are not walked.
 """
 
 from __future__ import annotations
@@ -318,22 +320,28 @@ def check_sql(sql: str, ruleset: Ruleset) -> NeedsApproval | None:
 
 
 _UNNAMED = Allowed(())
+# Texts up to this many characters may be checked without building their tree. Building it
+# can fail where parsing did not ("stack depth limit exceeded"), but only past 16,000
+# levels of nesting, which take at least 32 KB of text (`1+1+1...`): well clear of this.
+_TREELESS_MAX = 4096
 
 
 def _classify(sql: str, compiled: _Compiled, with_kinds: bool) -> Allowed | NeedsApproval:
+    keywords = compiled.keywords
+    lowered = sql.lower()
+    plain = keywords is not None and not any(word in lowered for word in keywords)
     try:
+        if plain and not with_kinds and "do" not in lowered and len(sql) <= _TREELESS_MAX:
+            # No rule can match and there is no tree to name kinds from: all that is left
+            # to know is whether the text parses (a DO block would have the word "do").
+            _parse(sql, tree=False)
+            return _UNNAMED
         raw, tree_json = _parse(sql)
     except _Unreadable as exc:
         return NeedsApproval((str(exc),))
     try:
-        keywords = compiled.keywords
-        if keywords is not None and '"DoStmt":' not in tree_json:
-            lowered = sql.lower()
-            for word in keywords:
-                if word in lowered:
-                    break
-            else:
-                return Allowed(_kinds(tree_json, lowered)) if with_kinds else _UNNAMED
+        if plain and '"DoStmt":' not in tree_json:
+            return Allowed(_kinds(tree_json, lowered)) if with_kinds else _UNNAMED
         stmts = _statements(tree_json)
         tops = [_typed(entry["stmt"]) for entry in stmts]
         walk = _nested_match_possible(tree_json, [t for t, _ in tops], compiled.matchers)
@@ -375,8 +383,8 @@ class _Unreadable(Exception):
     """Internal: the text cannot be classified; its message is the reason."""
 
 
-def _parse(sql: str) -> tuple[bytes, str]:
-    """-> (the text as UTF-8, libpg_query's parse tree as JSON)."""
+def _parse(sql: str, tree: bool = True) -> tuple[bytes, str]:
+    """-> (the text as UTF-8, libpg_query's parse tree as JSON, or "" without `tree`)."""
     if len(sql) > MAX_SQL_BYTES:  # characters <= bytes: refuse before encoding a huge text
         raise _Unreadable(f"too long: over {MAX_SQL_BYTES} bytes")
     if "\0" in sql:  # libpg_query would stop reading at the NUL
@@ -388,6 +396,9 @@ def _parse(sql: str) -> tuple[bytes, str]:
     if len(raw) > MAX_SQL_BYTES:
         raise _Unreadable(f"too long: {len(raw)} bytes, over {MAX_SQL_BYTES}")
     try:
+        if not tree:  # the same parser, without building the tree: half the cost
+            _pg_parser.split(sql)
+            return raw, ""
         # JSON rather than pglast's Python node objects: about ten times cheaper to build.
         return raw, _pg_parser.parse_sql_json(sql)
     except _pg_parser.ParseError as exc:

@@ -263,12 +263,15 @@ def test_unparseable_fails_closed(sql: str) -> None:
     ((reason,),) = [result.reasons]
     assert reason.startswith("unparseable: ")
     assert statement_kind(sql) == "UNPARSEABLE"
+    assert_relay_check_agrees(sql, DEFAULT_RULES)  # which may not build the tree
 
 
 def test_unparseable_reason_is_pglasts_message() -> None:
     assert classify_sql("SELEC 1") == NeedsApproval(
         ('unparseable: syntax error at or near "SELEC", at index 0',)
     )
+    # The relay's check asks the parser without building the tree: the same message.
+    assert sqlclass.check_sql("SELEC 1", sqlclass.compile_rules()) == classify_sql("SELEC 1")
 
 
 @pytest.mark.parametrize(
@@ -289,6 +292,34 @@ def test_unreadable_text_fails_closed(sql: str, reason: str) -> None:
     result = classify_sql(sql)
     assert isinstance(result, NeedsApproval)
     assert len(result.reasons) == 1 and result.reasons[0].startswith(reason)
+    assert_relay_check_agrees(sql, DEFAULT_RULES)
+
+
+NESTINGS = {  # (before, opening, middle, closing): ways to nest deeply in few characters
+    "operators": ("SELECT 1", "+1", "", ""),
+    "casts": ("SELECT 1", "::int", "", ""),
+    "tests": ("SELECT 1", " IS NULL", "", ""),
+    "prefix": ("SELECT ", "- ", "1", ""),
+    "calls": ("SELECT ", "f(", "1", ")"),
+    "subqueries": ("SELECT ", "(SELECT ", "1", ")"),
+}
+
+
+@pytest.mark.parametrize("nesting", NESTINGS.values(), ids=list(NESTINGS))
+def test_the_relay_check_agrees_on_the_deepest_text_it_checks_without_a_tree(
+    nesting: tuple[str, str, str, str],
+) -> None:
+    """`check_sql` skips building the tree of short keyword-free texts; building it is
+    where "stack depth limit exceeded" arises, so no such text may get that deep."""
+    before, opening, middle, closing = nesting
+    depth = (sqlclass._TREELESS_MAX - len(before) - len(middle)) // len(opening + closing)
+    sql = before + opening * depth + middle + closing * depth
+    assert len(sql) <= sqlclass._TREELESS_MAX
+    assert_relay_check_agrees(sql, DEFAULT_RULES)
+    try:
+        pg_parser.parse_sql_json(sql)
+    except pg_parser.ParseError as exc:  # the grammar's own limit, which both paths meet
+        assert "stack depth" not in str(exc)
 
 
 def test_too_long_is_refused_unparsed() -> None:
