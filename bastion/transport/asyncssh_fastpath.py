@@ -29,6 +29,7 @@ import contextlib
 import functools
 import inspect
 import os
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -202,29 +203,39 @@ def _write(transport: Any, chunks: Sequence[bytes | bytearray]) -> None:
 
 
 def _send_packet(self: Any, pkttype: int, *args: Any, handler: Any = None) -> None:
-    enc = self._send_encryption
-    if (
-        type(enc) is not GCMEncryption
-        or pkttype <= MSG_USERAUTH_LAST
-        or not (self._kex_complete and self._auth_complete)
-        or self._compressor
-        or self._rekey_bytes_sent >= self._rekey_bytes
-        or (self._rekey_seconds and time.monotonic() >= self._rekey_time)
-        or SSHLogger._debug_level >= 3
-    ):
+    if pkttype <= MSG_USERAUTH_LAST or not _sends_plainly(self):
         _fallback["send_packet"](self, pkttype, *args, handler=handler)
         return
-    # What asyncssh's send_packet does past its checks, for this case: no SSH_MSG_IGNORE
-    # (asyncssh_fixes drops it for AEAD), padding to the block size with at least
-    # 4 random bytes, then the packet length in the clear as GCM's associated data.
-    payload_len = 1 + sum(map(len, args))
+    _seal_and_send(self, bytes((pkttype,)), args)
+
+
+def _sends_plainly(self: Any) -> bool:
+    """May this connection send a packet past key exchange and authentication as it is:
+    AES-GCM, no compression, no rekey due, packets not logged?"""
+    return (
+        type(self._send_encryption) is GCMEncryption
+        and self._kex_complete
+        and self._auth_complete
+        and not self._compressor
+        and self._rekey_bytes_sent < self._rekey_bytes
+        and not (self._rekey_seconds and time.monotonic() >= self._rekey_time)
+        and SSHLogger._debug_level < 3
+    )
+
+
+def _seal_and_send(self: Any, head: bytes, args: Sequence[bytes]) -> None:
+    """What asyncssh's send_packet does past its checks, for the `_sends_plainly` case: no
+    SSH_MSG_IGNORE (asyncssh_fixes drops it for AEAD), padding to the block size with at
+    least 4 random bytes, then the packet length in the clear as GCM's associated data.
+    `head` is the message type and any fixed fields; `args` the rest of the payload."""
+    payload_len = len(head) + sum(map(len, args))
     blocksize = self._send_blocksize
     padlen = -(self._send_enchdrlen + payload_len) % blocksize
     if padlen < 4:
         padlen += blocksize
-    plain = b"".join((bytes((padlen, pkttype)), *args, _padding(padlen)))
+    plain = b"".join((bytes((padlen,)) + head, *args, _padding(padlen)))
     pktlen = len(plain)
-    header, body = seal(enc._cipher, pktlen.to_bytes(4, "big"), plain)
+    header, body = seal(self._send_encryption._cipher, pktlen.to_bytes(4, "big"), plain)
     _send_parts(self, (header, body))  # dropped without a transport; the sequence advances
     self._send_seq = (self._send_seq + 1) & 0xFFFFFFFF
     self._rekey_bytes_sent += pktlen
@@ -276,11 +287,31 @@ def _channel_write(self: Any, data: Any, datatype: Any = None) -> None:
         raise BrokenPipeError("Channel not open for sending")
     if datatype is not None and datatype not in self._write_datatypes:
         raise OSError("Invalid extended data type")
-    if not data:
+    size = len(data)
+    if not size:
+        return
+    if (
+        datatype is None
+        and not self._send_buf
+        and size <= self._send_window
+        and size <= self._send_pktsize
+        and self._send_chan is not None
+        and not self._send_paused
+        and _sends_plainly(self._conn)
+    ):
+        # The usual answer of a relay: one packet, nothing queued before it. What queuing
+        # it and `_flush_send_buf` would do, without the queue.
+        self._send_window -= size
+        _seal_and_send(
+            self._conn, _DATA_HEADER.pack(MSG_CHANNEL_DATA, self._send_chan, size), (data,)
+        )
         return
     self._send_buf.append((data, datatype))
-    self._send_buf_len += len(data)
+    self._send_buf_len += size
     self._flush_send_buf()
+
+
+_DATA_HEADER = struct.Struct(">BII")  # SSH_MSG_CHANNEL_DATA, recipient channel, data length
 
 
 def _flush_send_buf(self: Any) -> None:

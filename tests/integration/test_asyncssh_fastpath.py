@@ -5,6 +5,8 @@
 - Data crosses intact through it in both directions with a rekey every 64 KiB, over
   AES-GCM (the fast path) and chacha20-poly1305 (asyncssh's own code): writes larger
   than a packet, stderr, bytearray writes, EOF and exit status.
+- A small write that finds the window open and nothing queued goes out as one packet at
+  once; many small writes past the window arrive whole and in order.
 - The real OpenSSH client forcing rekeys mid-transfer through a real `bastion serve`.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 import asyncssh
 import pytest
 from asyncssh.connection import SSHConnection
+from asyncssh.constants import MSG_CHANNEL_DATA
 from asyncssh.crypto.cipher import GCMCipher
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -171,6 +174,52 @@ def test_data_survives_rekeys_every_64k_in_both_directions(cipher: str) -> None:
         assert fast >= 2 * len(data) // 32768
     else:
         assert fast == 0
+
+
+# -- a small write goes out as one packet, unless something waits before it ------------------
+
+SMALL_WRITES = [os.urandom(1 + (n * 7919) % 9000) for n in range(400)]  # 1 byte to 9000
+
+
+async def _small_writes(process: Any) -> None:
+    """Many small writes at once: more than the client's window, so some wait in the queue
+    while later ones must not overtake them; then stderr, which has its own type."""
+    for chunk in SMALL_WRITES:
+        process.stdout.write(chunk)
+    process.stderr.write(b"done")
+    process.exit(0)
+
+
+async def _count_direct_packets() -> tuple[Any, int]:
+    direct = 0
+    original = asyncssh_fastpath._seal_and_send
+
+    def counting(conn: Any, head: bytes, args: Any) -> None:
+        nonlocal direct
+        # A write sent at once passes the whole data header (type, channel, length) as
+        # `head`; the queue's packets, through `send_packet`, pass only the type.
+        direct += len(head) == 9 and head[0] == MSG_CHANNEL_DATA and not conn.is_client()
+        original(conn, head, args)
+
+    asyncssh_fastpath._seal_and_send = counting  # type: ignore[assignment]
+    try:
+        async with _pair(_small_writes, GCM[0], {"window": 65536}) as conn:
+            result = await conn.run(encoding=None)
+    finally:
+        asyncssh_fastpath._seal_and_send = original  # type: ignore[assignment]
+    return result, direct
+
+
+def test_small_writes_arrive_whole_and_in_order_past_the_window() -> None:
+    result, direct = asyncio.run(_count_direct_packets())
+
+    assert result.stdout == b"".join(SMALL_WRITES)
+    assert result.stderr == b"done"
+    # The writes that found the window open and nothing queued went straight out; the
+    # client's 64 KiB window ran out long before 1.8 MB, and the rest waited their turn.
+    sent = sum(map(len, SMALL_WRITES))
+    assert sent > 20 * 65536
+    assert 0 < direct < len(SMALL_WRITES)
 
 
 # -- the real OpenSSH client through bastion serve ------------------------------------------
