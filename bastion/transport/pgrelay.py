@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bastion.postgres")
 
-_ROW_TYPES = frozenset({b"D", b"d"})
+# The backend messages `_server_frame` has nothing to do with, passed on unread.
+_PASSED_TYPES = frozenset(bytes([i]) for i in range(256)) - {b"C", b"I", b"s", b"E", b"Z"}
 _UNSEEN: Any = object()
 _PARAM_LIMIT = 200
 _SQL_LIMIT = 10_000
@@ -521,10 +522,11 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                     self._close(EndReason.EXIT, "the target closed the connection")
                     return
                 assert not isinstance(frame, pgwire.Signal)
-                if frame[0] in _ROW_TYPES:
-                    # Rows come in runs: the rest of this run, as one slice.
+                if frame[0] in _PASSED_TYPES:
+                    # Rows (and a RowDescription before them) come in runs: the rest of
+                    # this run, as one slice.
                     out.append(frame[1])
-                    run = parser.next_run(_ROW_TYPES)
+                    run = parser.next_run(_PASSED_TYPES)
                     if run:
                         out.append(run)
                     continue
