@@ -44,7 +44,7 @@ import logging
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
@@ -130,8 +130,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._client_cancel: asyncio.Event | None = None
         self._replacement: bytes | None = None
         self._portals: dict[str, tuple[str, list[str | None]]] = {}
-        self._client_writable = asyncio.Event()
-        self._client_writable.set()
+        self._client_paused = False  # the SSH channel's buffer is full: stop reading the target
         self._server: _ServerSide | None = None
         self._ended = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -166,10 +165,10 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         return False
 
     def pause_writing(self) -> None:
-        self._client_writable.clear()
+        self._client_paused = True
 
     def resume_writing(self) -> None:
-        self._client_writable.set()
+        self._client_paused = False
         if self._server is not None and not self._ended:
             self._server.transport.resume_reading()
 
@@ -273,7 +272,6 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                 self._flush(out)
                 self._close(EndReason.CLIENT_CLOSED, "")
                 return
-            assert not isinstance(frame, pgwire.Signal)
             kind = frame[0]
             if self._discard_until_sync:
                 if kind != b"S":
@@ -311,8 +309,8 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
 
     def _gate(self, frame: pgwire.Frame, out: list[bytes]) -> bool:
         """Classify a Query or Parse; True when it is held for approval."""
-        message = pgwire.decode_frontend(frame)
-        assert isinstance(message, pgwire.Query | pgwire.Parse)
+        # (casts, not asserts, on the per-statement path: the decoder is chosen by type byte)
+        message = cast(pgwire.Query | pgwire.Parse, pgwire.decode_frontend(frame))
         sql = message.sql if isinstance(message, pgwire.Query) else message.query
         verdict = self._verdict_cache.get(sql, _UNSEEN)
         if verdict is _UNSEEN:
@@ -331,8 +329,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         """An approval covers one execution: the Bind that follows an approved Parse.
         Binding that prepared statement again (running it again) waits for a new
         approval. (Fetching more rows from the same portal is the same execution.)"""
-        bind = pgwire.decode_frontend(frame)
-        assert isinstance(bind, pgwire.Bind)
+        bind = cast(pgwire.Bind, pgwire.decode_frontend(frame))
         reasons = self._reasons.get(bind.statement)
         if reasons is not None:
             if bind.statement in self._covered:
@@ -399,8 +396,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         return text if len(text) <= _PARAM_LIMIT else text[:_PARAM_LIMIT] + "…"
 
     def _note_execute(self, frame: pgwire.Frame) -> None:
-        execute = pgwire.decode_frontend(frame)
-        assert isinstance(execute, pgwire.Execute)
+        execute = cast(pgwire.Execute, pgwire.decode_frontend(frame))
         statement, params = self._portals.get(execute.portal, ("", []))
         self._pending.append(
             _Pending(
@@ -521,7 +517,6 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                         self._to_client(out)
                     self._close(EndReason.EXIT, "the target closed the connection")
                     return
-                assert not isinstance(frame, pgwire.Signal)
                 if frame[0] in _PASSED_TYPES:
                     # Rows (and a RowDescription before them) come in runs: the rest of
                     # this run, as one slice.
@@ -535,7 +530,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                 self._replacement = None
             if out:
                 self._to_client(out)
-                if not self._client_writable.is_set():
+                if self._client_paused:
                     self._server.transport.pause_reading()  # until the agent's side drains
         except pgwire.ProtocolError as exc:
             self._server_lost(exc)
@@ -547,15 +542,16 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     def _to_client(self, out: list[bytes]) -> None:
         data = b"".join(out)
         self.bytes_down += len(data)
-        with contextlib.suppress(OSError, asyncssh.Error):
+        try:  # noqa: SIM105 (not contextlib.suppress: an object per answer)
             self.chan.write(data)
+        except (OSError, asyncssh.Error):
+            pass
 
     def _server_frame(self, frame: pgwire.Frame) -> bool:
         """Account for one backend message; False when it must not reach the agent."""
         kind = frame[0]
         if kind == b"C":
-            message = pgwire.decode_backend(frame)
-            assert isinstance(message, pgwire.CommandComplete)
+            message = cast(pgwire.CommandComplete, pgwire.decode_backend(frame))
             entry = self._head(("query", "execute"))
             if entry is not None:
                 entry.tags.append(message.tag)
@@ -567,15 +563,14 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             if entry is not None:
                 self._done(entry)
         elif kind == b"E":
-            message = pgwire.decode_backend(frame)
-            assert isinstance(message, pgwire.ErrorResponse)
+            error = cast(pgwire.ErrorResponse, pgwire.decode_backend(frame))
             entry = self._head(("query", "execute", "denied-query", "denied-batch"))
             if entry is not None:
-                entry.error = f"{message.sqlstate} {message.message}"
-                if entry.kind.startswith("denied") and message.message.startswith("[bastion]"):
+                entry.error = f"{error.sqlstate} {error.message}"
+                if entry.kind.startswith("denied") and error.message.startswith("[bastion]"):
                     entry.saw_marker = True
                     # Our refusal: without the PL/pgSQL context of the DO that raised it.
-                    fields = {k: v for k, v in message.fields.items() if k in "SVCM"}
+                    fields = {k: v for k, v in error.fields.items() if k in "SVCM"}
                     self._replacement = pgwire.encode(pgwire.ErrorResponse(fields))
                 if entry.kind == "execute":
                     self._done(entry)
