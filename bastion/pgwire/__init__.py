@@ -12,9 +12,11 @@ messages until the parser needs more.
 
 For a relay there are faster paths that do not decode: `next_frame()` returns a `Frame`,
 the tuple `(type, raw)` (raw: the exact bytes, header included); forward `raw` and
-`parser.decode(frame)` only the frames worth a look. `next_run(types)` returns, as one
-slice, a run of consecutive frames of the given types (DataRow, CopyData), for a relay
-that forwards rows unread. Every decoded message also keeps its exact bytes in `msg.raw`.
+`parser.decode(frame)` only the frames worth a look (`query_text(frame)` and
+`command_tag(frame)` read the one field of a Query or CommandComplete without a message).
+`next_run(types)` returns, as one slice, a run of consecutive frames of the given types
+(DataRow, CopyData), for a relay that forwards rows unread. Every decoded message also
+keeps its exact bytes in `msg.raw`.
 
 Errors: `ProtocolError` when the peer's bytes are not valid protocol (the parser stops;
 `sqlstate` is 08P01 for an ErrorResponse to the peer), `UsageError` when the caller
@@ -70,8 +72,9 @@ from bastion.pgwire._backend import (
     ReadyForQuery,
     RowDescription,
     Unknown,
+    tag_rows,
 )
-from bastion.pgwire._decode import decode_backend, decode_frontend
+from bastion.pgwire._decode import command_tag, decode_backend, decode_frontend, query_text
 from bastion.pgwire._encode import encode
 from bastion.pgwire._errors import ProtocolError, UsageError
 from bastion.pgwire._framing import (
@@ -179,7 +182,10 @@ __all__ = [
     "Terminate",
     "Unknown",
     "UsageError",
+    "command_tag",
     "decode_backend",
     "decode_frontend",
     "encode",
+    "query_text",
+    "tag_rows",
 ]

@@ -117,10 +117,15 @@ class CommandComplete(BackendMessage):
     @property
     def rows(self) -> int | None:
         """The row count the tag reports (INSERT/UPDATE/DELETE/MERGE/SELECT/COPY/...)."""
-        words = self.tag.split()
-        if len(words) >= 2 and words[0] in _ROW_COUNT_COMMANDS and words[-1].isdigit():
-            return int(words[-1])
-        return None
+        return tag_rows(self.tag)
+
+
+def tag_rows(tag: str) -> int | None:
+    """The row count a command tag reports ("SELECT 3" -> 3, "CREATE TABLE" -> None)."""
+    words = tag.split()
+    if len(words) >= 2 and words[0] in _ROW_COUNT_COMMANDS and words[-1].isdigit():
+        return int(words[-1])
+    return None
 
 
 @dataclass(frozen=True, slots=True)

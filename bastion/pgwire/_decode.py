@@ -39,7 +39,7 @@ from bastion.pgwire._backend import (
     Unknown,
 )
 from bastion.pgwire._codec import TEXT_ENCODING, TEXT_ERRORS, Reader
-from bastion.pgwire._errors import ProtocolError
+from bastion.pgwire._errors import ProtocolError, UsageError
 from bastion.pgwire._framing import (
     CANCEL_REQUEST_CODE,
     GSSENC_REQUEST_CODE,
@@ -203,6 +203,18 @@ def decode_frontend(frame: Frame) -> FrontendMessage:
     return decoder(raw)
 
 
+def query_text(frame: Frame) -> str:
+    """A Query frame's SQL, as `decode_frontend(frame).sql` gives it, without building the
+    message: what a relay reads of every simple query. For frames from a parser."""
+    raw = frame[1]
+    if frame[0] == b"Q" and raw.find(b"\0", 5) == len(raw) - 1:  # the common case
+        return raw[5:-1].decode(TEXT_ENCODING, TEXT_ERRORS)
+    message = decode_frontend(frame)  # ProtocolError: says what is wrong
+    if not isinstance(message, Query):
+        raise UsageError(f"query_text() of a {type(message).__name__} frame")
+    return message.sql
+
+
 # -- backend ---------------------------------------------------------------------------
 
 
@@ -335,3 +347,15 @@ def decode_backend(frame: Frame) -> BackendMessage:
     if decoder is None:
         return Unknown(kind, raw[5:], raw=raw)
     return decoder(raw)
+
+
+def command_tag(frame: Frame) -> str:
+    """A CommandComplete frame's tag, as `decode_backend(frame).tag` gives it, without
+    building the message (`tag_rows` reads its row count). For frames from a parser."""
+    raw = frame[1]
+    if frame[0] == b"C" and raw.find(b"\0", 5) == len(raw) - 1:  # the common case
+        return raw[5:-1].decode(TEXT_ENCODING, TEXT_ERRORS)
+    message = decode_backend(frame)  # ProtocolError: says what is wrong
+    if not isinstance(message, CommandComplete):
+        raise UsageError(f"command_tag() of a {type(message).__name__} frame")
+    return message.tag

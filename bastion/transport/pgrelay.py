@@ -62,6 +62,7 @@ log = logging.getLogger("bastion.postgres")
 # The backend messages `_server_frame` has nothing to do with, passed on unread.
 _PASSED_TYPES = frozenset(bytes([i]) for i in range(256)) - {b"C", b"I", b"s", b"E", b"Z"}
 _UNSEEN: Any = object()
+_A_QUERY = pgwire.Query("")  # what `_admit` is told of a simple query: only its kind counts
 _PARAM_LIMIT = 200
 _SQL_LIMIT = 10_000
 _HELD_LIMIT = 1 << 20
@@ -309,9 +310,12 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
 
     def _gate(self, frame: pgwire.Frame, out: list[bytes]) -> bool:
         """Classify a Query or Parse; True when it is held for approval."""
-        # (casts, not asserts, on the per-statement path: the decoder is chosen by type byte)
-        message = cast(pgwire.Query | pgwire.Parse, pgwire.decode_frontend(frame))
-        sql = message.sql if isinstance(message, pgwire.Query) else message.query
+        parse: pgwire.Parse | None = None
+        if frame[0] == b"Q":
+            sql = pgwire.query_text(frame)  # every simple query: no message object
+        else:  # (a cast, not an assert, on this path: the decoder is chosen by type byte)
+            parse = cast(pgwire.Parse, pgwire.decode_frontend(frame))
+            sql = parse.query
         verdict = self._verdict_cache.get(sql, _UNSEEN)
         if verdict is _UNSEEN:
             # Drivers send the same Parse text on every execute: classify it once.
@@ -320,9 +324,9 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                 self._verdict_cache.clear()
             self._verdict_cache[sql] = verdict
         if verdict is not None:
-            self._hold(frame, message, sql, verdict.reasons, out)
+            self._hold(frame, parse or pgwire.decode_frontend(frame), sql, verdict.reasons, out)
             return True
-        self._admit(message, sql, "allowed")
+        self._admit(parse or _A_QUERY, sql, "allowed")
         return False
 
     def _gate_bind(self, frame: pgwire.Frame, out: list[bytes]) -> bool:
@@ -551,11 +555,11 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         """Account for one backend message; False when it must not reach the agent."""
         kind = frame[0]
         if kind == b"C":
-            message = cast(pgwire.CommandComplete, pgwire.decode_backend(frame))
+            tag = pgwire.command_tag(frame)
             entry = self._head(("query", "execute"))
             if entry is not None:
-                entry.tags.append(message.tag)
-                entry.rows += message.rows or 0
+                entry.tags.append(tag)
+                entry.rows += pgwire.tag_rows(tag) or 0
                 if entry.kind == "execute":
                     self._done(entry)
         elif kind in (b"I", b"s"):

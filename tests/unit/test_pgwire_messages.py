@@ -430,3 +430,50 @@ def test_decode_refuses_frames_it_did_not_cut() -> None:
         pg.decode_backend((b"Z", b"Q\x00\x00\x00\x05I"))
     with pytest.raises(ProtocolError):
         pg.decode_backend((b"", b"\x00\x00\x00\x08\x04\xd2\x16\x2f"))
+
+
+# -- the one-field readers a relay uses on every statement ----------------------------
+
+
+def _frame(typed: bytes, body: bytes) -> pg.Frame:
+    return typed, typed + (4 + len(body)).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"select 1\x00", b"\x00", b"select 'caf\xe9'\x00", b"SELECT 1; DROP TABLE t\x00"],
+)
+def test_query_text_and_command_tag_read_what_decoding_reads(body: bytes) -> None:
+    query, complete = _frame(b"Q", body), _frame(b"C", body)
+    decoded_query = pg.decode_frontend(query)
+    decoded_complete = pg.decode_backend(complete)
+    assert isinstance(decoded_query, pg.Query)
+    assert isinstance(decoded_complete, pg.CommandComplete)
+    assert pg.query_text(query) == decoded_query.sql
+    assert pg.command_tag(complete) == decoded_complete.tag
+
+
+@pytest.mark.parametrize("body", [b"", b"no terminator", b"two\x00strings\x00", b"\x00trailing"])
+def test_query_text_and_command_tag_refuse_what_decoding_refuses(body: bytes) -> None:
+    for typed, read, decode in (
+        (b"Q", pg.query_text, pg.decode_frontend),
+        (b"C", pg.command_tag, pg.decode_backend),
+    ):
+        frame = _frame(typed, body)
+        with pytest.raises(ProtocolError) as decoding:
+            decode(frame)
+        with pytest.raises(ProtocolError) as reading:
+            read(frame)
+        assert str(reading.value) == str(decoding.value)
+
+
+def test_query_text_and_command_tag_of_another_message_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="Parse"):
+        pg.query_text(_frame(b"P", b"\x00select 1\x00\x00\x00"))
+    with pytest.raises(UsageError, match="EmptyQueryResponse"):
+        pg.command_tag(_frame(b"I", b""))
+
+
+def test_tag_rows_is_what_command_complete_reports() -> None:
+    for tag in ("SELECT 3", "INSERT 0 12", "CREATE TABLE", "", "COPY 200000"):
+        assert pg.tag_rows(tag) == pg.CommandComplete(tag).rows
