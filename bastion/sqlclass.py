@@ -328,7 +328,8 @@ _TREELESS_MAX = 4096
 
 def _classify(sql: str, compiled: _Compiled, with_kinds: bool) -> Allowed | NeedsApproval:
     keywords = compiled.keywords
-    lowered = sql.lower()
+    # (A text over the limit is refused by `_parse` before `lowered` is used: not copied.)
+    lowered = sql.lower() if len(sql) <= MAX_SQL_BYTES else ""
     plain = keywords is not None
     for word in keywords or ():  # a loop, not any(): a generator costs more than the scan
         if word in lowered:
