@@ -203,18 +203,6 @@ def decode_frontend(frame: Frame) -> FrontendMessage:
     return decoder(raw)
 
 
-def query_text(frame: Frame) -> str:
-    """A Query frame's SQL, as `decode_frontend(frame).sql` gives it, without building the
-    message: what a relay reads of every simple query. For frames from a parser."""
-    raw = frame[1]
-    if frame[0] == b"Q" and raw.find(b"\0", 5) == len(raw) - 1:  # the common case
-        return raw[5:-1].decode(TEXT_ENCODING, TEXT_ERRORS)
-    message = decode_frontend(frame)  # ProtocolError: says what is wrong
-    if not isinstance(message, Query):
-        raise UsageError(f"query_text() of a {type(message).__name__} frame")
-    return message.sql
-
-
 # -- backend ---------------------------------------------------------------------------
 
 
@@ -349,13 +337,26 @@ def decode_backend(frame: Frame) -> BackendMessage:
     return decoder(raw)
 
 
+# -- one field without the message, for a relay ------------------------------------------
+
+
+def query_text(frame: Frame) -> str:
+    """A Query frame's SQL, as `decode_frontend(frame).sql` gives it, without building the
+    message: what a relay reads of every simple query. For frames from a parser."""
+    return _lone_string(frame, b"Q", decode_frontend, "query_text")
+
+
 def command_tag(frame: Frame) -> str:
     """A CommandComplete frame's tag, as `decode_backend(frame).tag` gives it, without
     building the message (`tag_rows` reads its row count). For frames from a parser."""
+    return _lone_string(frame, b"C", decode_backend, "command_tag")
+
+
+def _lone_string(frame: Frame, kind: bytes, decode: Callable[[Frame], Message], name: str) -> str:
+    """The body of a `kind` frame that is one NUL-terminated string, as its decoder reads it."""
     raw = frame[1]
-    if frame[0] == b"C" and raw.find(b"\0", 5) == len(raw) - 1:  # the common case
+    if frame[0] == kind and raw.find(b"\0", 5) == len(raw) - 1:  # the common case
         return raw[5:-1].decode(TEXT_ENCODING, TEXT_ERRORS)
-    message = decode_backend(frame)  # ProtocolError: says what is wrong
-    if not isinstance(message, CommandComplete):
-        raise UsageError(f"command_tag() of a {type(message).__name__} frame")
-    return message.tag
+    # Anything else in a `kind` frame is malformed: its decoder says how (ProtocolError).
+    message = decode(frame)
+    raise UsageError(f"{name}() of a {type(message).__name__} frame")
