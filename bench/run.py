@@ -217,6 +217,11 @@ def _f(value: float, digits: int = 1) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _info(metric: str, bastion: str) -> Row:
+    """A row with only the bastion's figure, reported without a goal."""
+    return Row(metric, "-", bastion, "-", "-", "info")
+
+
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -353,7 +358,7 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
     if not error_row("expiry", label):
         e = results["expiry"]
         all_out = e["exited"] == e["sessions"]
-        rows.append(Row(label, "-", _f(e["p50_ms"]), "-", "-", "info"))
+        rows.append(_info(label, _f(e["p50_ms"])))
         rows.append(
             Row(
                 f"expiry, {s.expiry_sessions} sessions: exit - valid_before (ms, p99)",
@@ -404,7 +409,7 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
     label = f"screen_at, {s.screen_bytes // M} MB PTY recording: first call, builds index (s)"
     if not error_row("screen_at", label):
         sc = results["screen_at"]
-        rows.append(Row(label, "-", _f(sc["first_call_s"], 1), "-", "-", "info"))
+        rows.append(_info(label, _f(sc["first_call_s"], 1)))
         for key, what in (("p50_s", "p50"), ("max_s", "max")):
             rows.append(
                 Row(
@@ -423,15 +428,11 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
         elif "error" in cli:
             rows.append(Row(cli_label, "-", "-", "-", "-", "ERROR"))
         else:
-            rows.append(Row(cli_label, "-", _f(cli["p50_s"], 3), "-", "-", "info"))
+            rows.append(_info(cli_label, _f(cli["p50_s"], 3)))
             rows.append(
-                Row(
+                _info(
                     "  of which start-up: `bastion recordings screen --help` (s)",
-                    "-",
                     _f(cli["startup_floor_s"], 3),
-                    "-",
-                    "-",
-                    "info",
                 )
             )
 
@@ -442,13 +443,9 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
             k = ts["kinds"][kind]
             for op in ("text", "search_literal", "search_regex"):
                 rows.append(
-                    Row(
+                    _info(
                         f"{op.replace('_', ' ')}, {k['bytes'] // M} MB of {what} recordings (MB/s)",
-                        "-",
                         _f(k[op]["mb_s"]),
-                        "-",
-                        "-",
-                        "info",
                     )
                 )
 
@@ -469,9 +466,7 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
         )
         per_query = results["pgbench"]["bastion_cpu_us_per_query"]
         if per_query is not None:
-            rows.append(
-                Row("  bastion's CPU per query (µs)", "-", _f(per_query, 1), "-", "-", "info")
-            )
+            rows.append(_info("  bastion's CPU per query (µs)", _f(per_query, 1)))
     label = f"psql COPY (SELECT ...) TO STDOUT, {s.pg_copy_rows * 1001 // M} MB (MB/s)"
     if not error_row("pg_copy", label):
         med = results["pg_copy"]["median_mb_s"]
@@ -498,38 +493,13 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
         )
     if not error_row("sql_classify", "parse + classify a statement (µs)"):
         for what, st in results["sql_classify"]["statements"].items():
+            rows.append(_info(f"wire decode + classify_sql: {what} (µs)", _f(st["total_us"], 1)))
             rows.append(
-                Row(
-                    f"wire decode + classify_sql: {what} (µs)",
-                    "-",
-                    _f(st["total_us"], 1),
-                    "-",
-                    "-",
-                    "info",
-                )
-            )
-            rows.append(
-                Row(
-                    f"  check_sql (the relay's check): {what} (µs)",
-                    "-",
-                    _f(st["relay_check_us"], 1),
-                    "-",
-                    "-",
-                    "info",
-                )
+                _info(f"  check_sql (the relay's check): {what} (µs)", _f(st["relay_check_us"], 1))
             )
     label = "relay's Python per pgbench -S query, in-process (µs)"
     if not error_row("pg_relay", label):
-        rows.append(
-            Row(
-                label,
-                "-",
-                _f(results["pg_relay"]["us_per_query"], 1),
-                "-",
-                "-",
-                "info",
-            )
-        )
+        rows.append(_info(label, _f(results["pg_relay"]["us_per_query"], 1)))
     return rows
 
 
