@@ -40,6 +40,9 @@ NOREC_TARGET = "prod-web-norec"
 # target gets the protocol-aware relay instead, which a byte source can't talk to.)
 RELAY_TARGET = "relay"
 PG_TARGET = "pg"
+# The same PostgreSQL as an SSH-kind target: `-L` to it is the plain byte relay (the client
+# logs in itself), so pgbench through it shows what the SSH layer alone costs.
+PG_BYTES_TARGET = "pg-bytes"
 PG_ROLE = "bench"
 PG_DB = "benchdb"
 PG_TABLE = "blob"
@@ -305,7 +308,14 @@ class World:
                 "--host", LOOPBACK, "--port", str(self.pg.port),
                 "--database", PG_DB, "--user", PG_ROLE, "--password-env", PG_PASSWORD_ENV,
             )  # fmt: skip
-            targets.append(PG_TARGET)
+            self.bastion_cli(
+                "target", "add-ssh", PG_BYTES_TARGET,
+                "--host", LOOPBACK, "--port", str(self.pg.port),
+                "--user", peers.Sshd.UNPRIVILEGED_USER,
+                "--identity", str(self.upstream_key),
+                "--host-key", self.sshd.host_pub,
+            )  # fmt: skip
+            targets += [PG_TARGET, PG_BYTES_TARGET]
         self.targets = targets
         issued = self.issue_grant("8h", self.keys / "agent")
         self.grant_id = issued["id"]

@@ -16,11 +16,12 @@ import subprocess
 import time
 from typing import Any
 
-from bench.env import PG_DB, PG_ROLE, PG_TARGET, Procs, World
+from bench.env import PG_BYTES_TARGET, PG_DB, PG_ROLE, PG_TARGET, Procs, World
 from bench.metrics import _open_tunnels, _rotations, cpu_seconds, median, psql_copy
 from tests import peers
 
 PGBENCH = str(peers.PG_BIN / "pgbench")
+BYTES = "bastion_bytes"  # the pgbench series through the byte relay (`PG_BYTES_TARGET`)
 
 
 def pgbench(world: World, procs: Procs, seconds: int, reps: int, scale: int) -> dict[str, Any]:
@@ -29,6 +30,11 @@ def pgbench(world: World, procs: Procs, seconds: int, reps: int, scale: int) -> 
     The tables (`pgbench -i -s SCALE`) are made beforehand straight to the server. `-S`
     sends `SELECT abalance FROM pgbench_accounts WHERE aid = N` as simple queries with a
     new N each time, so the bastion parses and classifies every one.
+
+    A third series, `bastion_bytes`, goes through the bastion to the same server as an
+    SSH-kind target: the byte relay, with no PostgreSQL awareness (pgbench logs in itself).
+    It is a diagnostic, not a way to use the bastion: it splits the bastion's cost into
+    the SSH layer and event loop, and the per-statement work on top.
     """
     assert world.pg is not None
     t0 = time.perf_counter()
@@ -37,12 +43,18 @@ def pgbench(world: World, procs: Procs, seconds: int, reps: int, scale: int) -> 
     tunnels, local = _open_tunnels(
         world, procs, PG_TARGET, world.pg.port, names=("direct", "bastion")
     )
+    try:
+        more, port = _open_tunnels(world, procs, PG_BYTES_TARGET, world.pg.port, names=("bastion",))
+    except BaseException:
+        procs.stop_many(list(tunnels.values()))
+        raise
+    tunnels[BYTES], local[BYTES] = more["bastion"], port["bastion"]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in local}
     try:
         for order in _rotations(list(local), reps):
             for name in order:
                 env = {**os.environ, "PGCONNECT_TIMEOUT": "20"}
-                if name != "bastion":
+                if name != "bastion":  # the client logs in itself, password and all
                     env["PGPASSWORD"] = world.pg_password
                 argv = [
                     PGBENCH, "-n", "-S", "-c", "4", "-j", "2", "-T", str(seconds),
@@ -81,8 +93,6 @@ def pgbench(world: World, procs: Procs, seconds: int, reps: int, scale: int) -> 
                 )
     finally:
         procs.stop_many(list(tunnels.values()))
-    bastion_tx = sum(r["transactions"] or 0 for r in runs["bastion"])
-    bastion_cpu = sum(r["bastion_cpu_s"] for r in runs["bastion"])
     return {
         "scale": scale,
         "clients": 4,
@@ -92,8 +102,16 @@ def pgbench(world: World, procs: Procs, seconds: int, reps: int, scale: int) -> 
         "runs": runs,
         "median_tps": {name: median([r["tps"] for r in rs]) for name, rs in runs.items()},
         # The bastion's CPU per query (relay, parse, classify, query log, recording):
-        "bastion_cpu_us_per_query": bastion_cpu / bastion_tx * 1e6 if bastion_tx else None,
+        "bastion_cpu_us_per_query": _cpu_us_per_query(runs["bastion"]),
+        # ... and through the byte relay (the SSH layer and the event loop alone):
+        "bytes_cpu_us_per_query": _cpu_us_per_query(runs[BYTES]),
     }
+
+
+def _cpu_us_per_query(runs: list[dict[str, Any]]) -> float | None:
+    transactions = sum(r["transactions"] or 0 for r in runs)
+    cpu = sum(r["bastion_cpu_s"] for r in runs)
+    return cpu / transactions * 1e6 if transactions else None
 
 
 def pg_copy(world: World, procs: Procs, rows: int, reps: int) -> dict[str, Any]:

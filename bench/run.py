@@ -467,6 +467,21 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
         per_query = results["pgbench"]["bastion_cpu_us_per_query"]
         if per_query is not None:
             rows.append(_info("  bastion's CPU per query (µs)", _f(per_query, 1)))
+        if pg_metrics.BYTES in med:  # (results from before the series existed lack it)
+            rows.append(
+                Row(
+                    "  same through the byte relay, no PostgreSQL awareness (diagnostic)",
+                    _f(med["direct"], 0),
+                    _f(med[pg_metrics.BYTES], 0),
+                    f"{med[pg_metrics.BYTES] / med['direct']:.2f}x",
+                    "-",
+                    "info",
+                )
+            )
+            bytes_per_query = results["pgbench"].get("bytes_cpu_us_per_query")
+            if bytes_per_query is not None:
+                label = "  bastion's CPU per query through the byte relay (µs)"
+                rows.append(_info(label, _f(bytes_per_query, 1)))
     label = f"psql COPY (SELECT ...) TO STDOUT, {s.pg_copy_rows * 1001 // M} MB (MB/s)"
     if not error_row("pg_copy", label):
         med = results["pg_copy"]["median_mb_s"]
