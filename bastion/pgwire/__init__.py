@@ -15,7 +15,9 @@ the tuple `(type, raw)` (raw: the exact bytes, header included); forward `raw` a
 `parser.decode(frame)` only the frames worth a look (`query_text(frame)` and
 `command_tag(frame)` read the one field of a Query or CommandComplete without a message).
 `next_run(types)` returns, as one slice, a run of consecutive frames of the given types
-(DataRow, CopyData), for a relay that forwards rows unread. Every decoded message also
+(DataRow, CopyData), for a relay that forwards rows unread. `lone_frame(data)` takes a read
+that is exactly one whole message (a relay's usual Query) as a frame without buffering it,
+or returns None: then feed it with `receive_data(data)`. Every decoded message also
 keeps its exact bytes in `msg.raw`.
 
 Errors: `ProtocolError` when the peer's bytes are not valid protocol (the parser stops;

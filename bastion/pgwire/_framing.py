@@ -180,6 +180,24 @@ class FrameReader:
             self._more.append(data if type(data) is bytes else bytes(data))
             self._more_len += len(data)
 
+    def lone_frame(self, data: bytes) -> Frame | None:
+        """`data` as a frame, when it is exactly one whole message that `next_frame()` would
+        return from its fast path and nothing is buffered: a relay's usual read (one Query),
+        taken without buffering it. None otherwise: then `receive_data(data)` as usual.
+
+        The parser's state is unchanged either way; its limits and accepted types apply.
+        """
+        if (
+            len(data) >= 5
+            and type(data) is bytes
+            and self._pos >= len(self._chunk)
+            and not (self._more or self._tail or self._eof)
+        ):
+            kind, length = _unpack_header(data, 0)
+            if length + 1 == len(data) and length <= self._max_message_size and kind in self._fast:
+                return kind, data
+        return None
+
     def next_frame(self) -> Frame | Signal:
         """The next whole message as a `(type, raw)` frame, undecoded; or NEED_DATA, or CLOSED.
 

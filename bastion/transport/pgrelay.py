@@ -62,7 +62,6 @@ log = logging.getLogger("bastion.postgres")
 # The backend messages `_server_frame` has nothing to do with, passed on unread.
 _PASSED_TYPES = frozenset(bytes([i]) for i in range(256)) - {b"C", b"I", b"s", b"E", b"Z"}
 _UNSEEN: Any = object()
-_A_QUERY = pgwire.Query("")  # what `_admit` is told of a simple query: only its kind counts
 _PARAM_LIMIT = 200
 _SQL_LIMIT = 10_000
 _HELD_LIMIT = 1 << 20
@@ -153,6 +152,13 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.bytes_up += len(data)
         try:
+            if self._phase == "ready" and not self._holding and not self._discard_until_sync:
+                # The usual read, one whole Query: what `_pump` does, without buffering it.
+                frame = self._client.lone_frame(data)
+                if frame is not None and frame[0] == b"Q":
+                    if not self._gate(frame, []):
+                        self._flush([data])
+                    return
             self._client.receive_data(data)
             if self._phase == "startup":
                 self._startup()
@@ -326,7 +332,10 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         if verdict is not None:
             self._hold(frame, parse or pgwire.decode_frontend(frame), sql, verdict.reasons, out)
             return True
-        self._admit(parse or _A_QUERY, sql, "allowed")
+        if parse is None:
+            self._pending.append(_Pending("query", sql, None, self._now()))
+        else:
+            self._admit(parse, sql, "allowed")
         return False
 
     def _gate_bind(self, frame: pgwire.Frame, out: list[bytes]) -> bool:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bastion import pgwire as pg
 from bastion.pgwire import (
@@ -356,3 +358,90 @@ def test_pgwire_imports_only_non_io_stdlib_modules() -> None:
                 top = name.split(".")[0]
                 assert name.startswith("bastion.pgwire") or top in allowed, (path.name, name)
                 assert top in sys.stdlib_module_names or top == "bastion"
+
+
+def test_lone_frame_takes_exactly_one_whole_message_when_nothing_is_buffered() -> None:
+    parser = FrontendParser(startup=False)
+    assert parser.lone_frame(QUERY) == (b"Q", QUERY)
+    assert parser.lone_frame(QUERY) == (b"Q", QUERY)  # nothing was buffered by it
+    assert parser.next_frame() is NEED_DATA
+    sync = encode(pg.Sync())
+    refused = {
+        "two messages": QUERY + sync,
+        "a cut-off message": QUERY[:-1],
+        "trailing bytes": QUERY + b"Q",
+        "a header alone": QUERY[:5],
+        "a short read": b"Q\0\0",
+        "a bytearray": bytearray(QUERY),
+        "Terminate (changes state)": encode(pg.Terminate()),
+        "an unknown type": b"\x01\0\0\0\x04",
+        "a length below four": b"Q\0\0\0\x03",
+        "a negative length": b"Q\xff\xff\xff\xff",
+    }
+    for what, data in refused.items():
+        assert parser.lone_frame(data) is None, what  # type: ignore[arg-type]
+    assert parser.next_frame() is NEED_DATA  # and none of it was buffered either
+
+
+def test_lone_frame_declines_whenever_next_frame_would_not_return_it_at_once() -> None:
+    buffered = FrontendParser(startup=False)
+    buffered.receive_data(QUERY[:3])
+    assert buffered.lone_frame(QUERY) is None  # it must come after those three bytes
+    in_startup = FrontendParser()
+    assert in_startup.lone_frame(QUERY) is None
+    small = FrontendParser(startup=False, max_message_size=len(QUERY) - 2)
+    assert small.lone_frame(QUERY) is None
+    with pytest.raises(ProtocolError, match="exceeds"):
+        small.receive_data(QUERY)
+        small.next_frame()
+    ended = FrontendParser(startup=False)
+    ended.receive_data(b"")
+    assert ended.lone_frame(QUERY) is None
+    stopped = FrontendParser(startup=False)
+    stopped.receive_data(b"\x01\0\0\0\x04")
+    with pytest.raises(ProtocolError):
+        stopped.next_frame()
+    assert stopped.lone_frame(QUERY) is None
+    finished = FrontendParser(startup=False)
+    finished.receive_data(encode(pg.Terminate()))
+    assert finished.next_frame() == (b"X", encode(pg.Terminate()))
+    assert finished.lone_frame(QUERY) is None
+
+
+_READS = st.one_of(
+    st.binary(max_size=12),
+    st.text(st.characters(blacklist_characters="\0"), max_size=30).map(
+        lambda sql: encode(pg.Query(sql))
+    ),
+    st.sampled_from([encode(pg.Sync()), encode(pg.Terminate()), QUERY + encode(pg.Sync())]),
+)
+
+
+@given(st.lists(_READS, max_size=3), _READS)
+def test_lone_frame_agrees_with_next_frame(before: list[bytes], data: bytes) -> None:
+    """Whatever was read before, a frame from `lone_frame(data)` is what feeding `data`
+    would have given `next_frame()`, with nothing left over; None changes nothing."""
+
+    def parser_after_reads() -> FrontendParser:
+        parser = FrontendParser(startup=False, max_message_size=30)
+        for read in before:
+            parser.receive_data(read)  # b"" is the end of the stream: the last read
+            try:
+                while isinstance(parser.next_frame(), tuple):
+                    pass
+            except ProtocolError:
+                break
+            if not read:
+                break
+        return parser
+
+    ours, theirs = parser_after_reads(), parser_after_reads()
+    buffered = ours.buffered
+    frame = ours.lone_frame(data)
+    assert ours.buffered == buffered
+    if frame is None:
+        return
+    theirs.receive_data(data)
+    assert theirs.next_frame() == frame
+    assert theirs.next_frame() is NEED_DATA
+    assert ours.next_frame() is NEED_DATA
