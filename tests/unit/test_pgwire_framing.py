@@ -410,7 +410,7 @@ def test_lone_frame_declines_whenever_next_frame_would_not_return_it_at_once() -
 
 _READS = st.one_of(
     st.binary(max_size=12),
-    st.text(st.characters(blacklist_characters="\0"), max_size=30).map(
+    st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=30).map(
         lambda sql: encode(pg.Query(sql))
     ),
     st.sampled_from([encode(pg.Sync()), encode(pg.Terminate()), QUERY + encode(pg.Sync())]),
