@@ -79,14 +79,23 @@ def _empty(cls: type[M]) -> Callable[[bytes], M]:
     return decode
 
 
+def _lone_cstring(raw: bytes) -> str | None:
+    """The body of a typed message that is exactly one NUL-terminated string, decoded;
+    None when it is anything else (then a `Reader` says what is wrong)."""
+    if raw.find(b"\0", 5) == len(raw) - 1:
+        return raw[5:-1].decode(TEXT_ENCODING, TEXT_ERRORS)
+    return None
+
+
 def _one_string(cls: Callable[..., M]) -> Callable[[bytes], M]:
     """Decoder for a message whose body is one NUL-terminated string."""
 
     what = getattr(cls, "__name__", "message")
 
     def decode(raw: bytes) -> M:
-        if raw.find(b"\0", 5) == len(raw) - 1:  # the one string, then nothing: decode it
-            return cls(raw[5:-1].decode(TEXT_ENCODING, TEXT_ERRORS), raw=raw)
+        text = _lone_cstring(raw)
+        if text is not None:
+            return cls(text, raw=raw)
         reader = Reader(raw, 5, what)  # and say what is wrong
         text = reader.cstring()
         reader.end()
@@ -354,9 +363,10 @@ def command_tag(frame: Frame) -> str:
 
 def _lone_string(frame: Frame, kind: bytes, decode: Callable[[Frame], Message], name: str) -> str:
     """The body of a `kind` frame that is one NUL-terminated string, as its decoder reads it."""
-    raw = frame[1]
-    if frame[0] == kind and raw.find(b"\0", 5) == len(raw) - 1:  # the common case
-        return raw[5:-1].decode(TEXT_ENCODING, TEXT_ERRORS)
+    if frame[0] == kind:
+        text = _lone_cstring(frame[1])
+        if text is not None:
+            return text
     # Anything else in a `kind` frame is malformed: its decoder says how (ProtocolError).
     message = decode(frame)
     raise UsageError(f"{name}() of a {type(message).__name__} frame")
