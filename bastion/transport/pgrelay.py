@@ -333,7 +333,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             self._hold(frame, parse or pgwire.decode_frontend(frame), sql, verdict.reasons, out)
             return True
         if parse is None:
-            self._pending.append(_Pending("query", sql, None, self._now()))
+            self._admit_query(sql, "allowed")
         else:
             self._admit(parse, sql, "allowed")
         return False
@@ -378,7 +378,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     ) -> None:
         """Let a statement through; `reasons` when it needed (and got) approval."""
         if isinstance(message, pgwire.Query):
-            self._pending.append(_Pending("query", sql=sql, started=self._now(), verdict=verdict))
+            self._admit_query(sql, verdict)
         elif isinstance(message, pgwire.Parse):
             self._statements[message.name] = sql
             self._verdicts[message.name] = verdict
@@ -391,6 +391,9 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         elif isinstance(message, pgwire.Bind):  # approved again, for this execution
             self._verdicts[message.statement] = verdict
             self._note_bind(message)
+
+    def _admit_query(self, sql: str, verdict: str) -> None:
+        self._pending.append(_Pending("query", sql=sql, started=self._now(), verdict=verdict))
 
     def _note_bind(self, bind: pgwire.Bind) -> None:
         params: list[str | None] = []
