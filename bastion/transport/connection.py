@@ -66,6 +66,7 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
+        self._socket = conn.get_extra_info("socket")  # for the deadline guard
         peer = conn.get_extra_info("peername")
         if peer:
             self.client = f"{peer[0]}:{peer[1]}"
@@ -112,7 +113,8 @@ class GatewayConnection(asyncssh.SSHServer):
             return False
         if not msg:
             return True  # a query: the signature comes in the next round
-        decision = self.gate.authenticate(facts, username, self.client)
+        # On a thread: a store that stops answering holds this login, not the event loop.
+        decision = await asyncio.to_thread(self.gate.authenticate, facts, username, self.client)
         if isinstance(decision, Denial):
             self.refusals.append(decision.reason)  # already audited by the gatekeeper
             return False
@@ -188,15 +190,26 @@ class GatewayConnection(asyncssh.SSHServer):
         # would read the store before its notice could go out.
         self.ask_again = self._ask_again()
         self._arm(self.permit.deadline)
+        if self._socket is not None:
+            loop = asyncio.get_running_loop()
+            self.gateway.guard.watch(
+                self,
+                self._socket,
+                self.permit.deadline,
+                f"the connection from {self.client} (grant {self.permit.grant.id})",
+                on_due=lambda: loop.call_soon_threadsafe(self._guard_due),
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.connections.discard(self)
+        self.gateway.guard.release(self)
         if self._timer is not None:
             self._timer.cancel()
         if self.permit is None and self.enrolled is None and self.refusals:
             self.gateway.metrics.login(accepted=False, reason="; ".join(self.refusals))
-            with contextlib.suppress(Exception):
-                self.gate.refuse(self.username, self.client, "; ".join(self.refusals))
+            self.gateway.write_behind(
+                self.gate.refuse, self.username, self.client, "; ".join(self.refusals)
+            ).add_done_callback(_ignore_outcome)
         for relay in list(self.sessions):
             relay.connection_lost(None)
         if self._upstream is not None:
@@ -228,6 +241,11 @@ class GatewayConnection(asyncssh.SSHServer):
         for conn in list(self.gateway.connections):
             if conn is not self:
                 conn.expire_if_due(now)
+
+    def _guard_due(self) -> None:
+        """Queued by the deadline guard as it cuts the socket: the first thing the loop
+        does once it moves again, so the records say why the connection ended."""
+        self.expire_if_due(self.gate.now())
 
     def expire_if_due(self, now: datetime) -> None:
         if self.permit is None or self.closing or self._timer is None:
@@ -326,8 +344,9 @@ class GatewayConnection(asyncssh.SSHServer):
             # A forced close (expiry, revocation, shutdown) often comes to many connections
             # at once: each one's notice and exit go out first, in this turn of the loop,
             # and the store writes follow in the next, instead of every client waiting for
-            # the records of those before it.
-            asyncio.get_running_loop().call_soon(self._write_end, *end)
+            # the records of those before it; and on the writes thread, so that a store
+            # that stops answering holds up no other connection's close.
+            self.gateway.write_behind(self._write_end, *end)
         else:
             self._write_end(*end)
 
@@ -423,7 +442,7 @@ class GatewayConnection(asyncssh.SSHServer):
         except RecordingFailed:
             written = None
         try:
-            self.gate.seal_recording(record, recorder, written)
+            await self.gateway.write_behind(self.gate.seal_recording, record, recorder, written)
         except Exception:
             log.exception("could not seal the recording of session %s", record.id)
 
@@ -600,3 +619,9 @@ def recording_header(session: Any, kind: str) -> dict[str, object]:
         "pty": False,
         "started_at": session.started_at.isoformat(),
     }
+
+
+def _ignore_outcome(done: asyncio.Future[Any]) -> None:
+    """A write whose failure is already logged, or not worth failing for (a refusal's audit)."""
+    if not done.cancelled():
+        done.exception()

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -20,15 +21,25 @@ import asyncssh
 from bastion.config import Config
 from bastion.gatekeeper import Gatekeeper
 from bastion.metrics import LiveState, Metrics
-from bastion.models import AccessRequest, Approval, ApprovalState, EndReason, RequestState
+from bastion.models import (
+    AccessRequest,
+    Approval,
+    ApprovalState,
+    AuditEvent,
+    EndReason,
+    RequestState,
+)
 from bastion.notify import Notifier
 from bastion.recording.writer import RecordingFailed
 from bastion.transport import asyncssh_fixes
 from bastion.transport.connection import GatewayConnection
 from bastion.transport.deadlines import DeadlineClock
+from bastion.transport.guard import DeadlineGuard
 from bastion.transport.pgrelay import PgRelay
 from bastion.transport.relay import SessionRelay
 
+# The deadline guard cuts a connection this long after its deadline plus the close grace.
+GUARD_SLACK = 2.0
 _COLLECT_AHEAD = 0.5  # seconds before a deadline to run the garbage collector
 _BURST = 0.2  # deadlines this close to each other are closed together, one collection before
 
@@ -86,6 +97,11 @@ class Gateway:
         self._changed = asyncio.Event()
         # Timers of expiry and revocation: one conversion of deadlines to loop time.
         self.deadlines = DeadlineClock(gate.now, lambda: asyncio.get_running_loop().time())
+        # The backstop for those timers, on a thread of its own (see guard.py).
+        self.guard = DeadlineGuard(gate.now, timedelta(seconds=close_grace + GUARD_SLACK))
+        # Store writes that must not hold the event loop (the records of a forced close,
+        # the seals of recordings), in the order they were made: one thread.
+        self._writes = ThreadPoolExecutor(1, thread_name_prefix="bastion-store-writes")
         self._collection: asyncio.TimerHandle | None = None
         self._stop_listening: Any = None
         self._address = ""
@@ -170,6 +186,7 @@ class Gateway:
                 loop.call_soon_threadsafe(self._changed.set)
 
         self._stop_listening = self.gate.listen_for_changes(wake)
+        self.guard.start()
         self._watcher = asyncio.ensure_future(self._watch())
         self._flusher = asyncio.ensure_future(self._flush_recordings())
         sockets = self._server.sockets
@@ -224,7 +241,27 @@ class Gateway:
             self._flusher.cancel()
         if self._detached:  # recordings still being sealed
             await asyncio.wait(set(self._detached), timeout=10)
+        self.guard.stop()
+        # The store writes queued by the closes above (bounded: the store may be down).
+        writes = asyncio.get_running_loop().run_in_executor(None, self._writes.shutdown, True)
+        try:
+            await asyncio.wait_for(asyncio.shield(writes), timeout=10)
+        except TimeoutError:
+            log.error("the state store did not take the last session records within 10s")
         self.notifier.close()
+
+    def write_behind(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run the store write `fn(*args)` on the writes thread, in order, off the loop."""
+        loop = asyncio.get_running_loop()
+        try:
+            return loop.run_in_executor(self._writes, fn, *args)
+        except RuntimeError:  # after shutdown() drained the thread: write it here
+            done = loop.create_future()
+            try:
+                done.set_result(fn(*args))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
 
     def live_state(self) -> LiveState:
         """Open sessions by kind, approvals waiting and the bytes of open sessions."""
@@ -358,7 +395,10 @@ class Gateway:
                 await asyncio.wait_for(self._changed.wait(), interval)
             self._changed.clear()
             try:
-                self.poll_changes()
+                # Read on a thread: a store that stops answering holds this task, never
+                # the loop, whose timers end sessions at their deadlines.
+                events = await asyncio.to_thread(self.gate.changes_after, self._cursor)
+                self._apply_changes(events)
             except Exception:
                 log.exception("reading the change feed failed; retrying")
 
@@ -370,9 +410,11 @@ class Gateway:
         while True:
             await asyncio.sleep(server.heartbeat.total_seconds())
             try:
-                if not self.gate.heartbeat():
+                if not await asyncio.to_thread(self.gate.heartbeat):
                     self._declared_lost()
-                for node, ids in self.gate.reap_lost_nodes(server.node_timeout).items():
+                    await asyncio.to_thread(self.gate.register_node, self._address)
+                lost = await asyncio.to_thread(self.gate.reap_lost_nodes, server.node_timeout)
+                for node, ids in lost.items():
                     log.warning(
                         "node %s is silent: ended its %d sessions (node-lost)", node, len(ids)
                     )
@@ -389,10 +431,9 @@ class Gateway:
                 EndReason.NODE_LOST,
                 f"the bastion node {self.gate.node} lost contact with the cluster - session closed",
             )
-        self.gate.register_node(self._address)
 
-    def poll_changes(self) -> None:
-        for event in self.gate.changes_after(self._cursor):
+    def _apply_changes(self, events: Iterable[AuditEvent]) -> None:
+        for event in events:
             self._cursor = event.seq
             details = event.details
             if event.action == "grant.revoked":
