@@ -108,6 +108,7 @@ def test_service_is_hardened_as_documented() -> None:
         assert service.get(key) == value, key
     assert service["SystemCallFilter"][0] == "@system-service"
     assert service["WatchdogSec"] and service["TimeoutStopSec"] == ["30s"]
+    assert service["LimitNOFILE"] == ["65536"]  # not systemd's soft 1024: sessions hold fds
 
 
 def test_systemds_own_exposure_rating_is_low(tmp_path: Path) -> None:
