@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from concurrent.futures import Future
 from datetime import datetime
@@ -58,6 +59,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.sessions: set[SessionRelay] = set()
         self.forwards: set[ForwardRelay | PgRelay] = set()
         self.closing = False
+        self.closing_reason = EndReason.CLIENT_CLOSED  # what close_all was given, once called
         self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -120,6 +122,9 @@ class GatewayConnection(asyncssh.SSHServer):
             return False
         self.permit = decision
         self.refusals.clear()
+        # Worked out now (on a thread), not at the forced close, where every connection of
+        # a grant would read the store before its notice could go out.
+        self.ask_again = await asyncio.to_thread(self._ask_again)
         return True
 
     async def _validate_enrolled(
@@ -136,11 +141,12 @@ class GatewayConnection(asyncssh.SSHServer):
         if not msg:
             return True
         # The signature checked out: look the key up again rather than trust a query's state.
-        self.enrolled = self.gate.enrolled_agent(certs.blob_fingerprint(key_data))
+        fingerprint = certs.blob_fingerprint(key_data)
+        self.enrolled = await asyncio.to_thread(self.gate.enrolled_agent, fingerprint)
         if self.enrolled is None:
             return False
         self.refusals.clear()
-        self.gate.request_login(self.enrolled, self.client)
+        await asyncio.to_thread(self.gate.request_login, self.enrolled, self.client)
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
@@ -186,9 +192,6 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.enrolled is not None:
             return  # no grant, no deadline: the request waits on its own timer
         assert self.permit is not None
-        # Worked out now, not at the forced close, where every connection of a grant
-        # would read the store before its notice could go out.
-        self.ask_again = self._ask_again()
         self._arm(self.permit.deadline)
         if self._socket is not None:
             loop = asyncio.get_running_loop()
@@ -282,6 +285,7 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.closing:
             return
         self.closing = True
+        self.closing_reason = reason
         self.gateway.metrics.forced_close(reason.value)
         log.info(
             "closing connection from %s: %s",
@@ -469,7 +473,9 @@ class GatewayConnection(asyncssh.SSHServer):
         else:
             return True
         timeout = config.approvals.timeout
-        approval = self.gate.request_approval(relay.record, kind.value, text, reasons, timeout)
+        approval = await asyncio.to_thread(
+            self.gate.request_approval, relay.record, kind.value, text, reasons, timeout
+        )
         relay.to_recording("marker", f"approval requested {approval.id}")
         minutes = int(timeout.total_seconds() // 60)
         wait = f"{minutes}m" if minutes else f"{int(timeout.total_seconds())}s"
@@ -502,14 +508,18 @@ class GatewayConnection(asyncssh.SSHServer):
     async def _connect_upstream(self) -> asyncssh.SSHClientConnection:
         assert self.permit is not None
         target = self.permit.target
-        secret = self.gate.target_secret(target.name)
+        secret = await asyncio.to_thread(self.gate.target_secret, target.name)
         if secret is None:
             raise upstream.UpstreamError(f"target {target.name} has no stored credential")
         try:
             return await upstream.connect(target, secret)
         except upstream.UpstreamError as exc:
-            self.gate.target_error(
-                target.name, self.permit.grant.id, str(exc), exc.host_key_mismatch
+            await asyncio.to_thread(
+                self.gate.target_error,
+                target.name,
+                self.permit.grant.id,
+                str(exc),
+                exc.host_key_mismatch,
             )
             raise
 
@@ -539,13 +549,21 @@ class GatewayConnection(asyncssh.SSHServer):
         self, target: Target, dest_host: str, dest_port: int
     ) -> ForwardRelay | PgRelay:
         assert self.permit is not None
-        record = self.gate.open_session(
+        record = await asyncio.to_thread(
+            self.gate.open_session,
             self.permit,
             target.name,
             SessionKind.FORWARD,
             self.client,
             f"-L {dest_host}:{dest_port} -> {target.host}:{target.port}",
         )
+        if self.closing:  # the grant ended (or was revoked) while the record was written
+            reason = "connection is closing"
+            end = functools.partial(self.gate.close_session, detail=reason)
+            self.gateway.write_behind(end, record, self.closing_reason).add_done_callback(
+                _ignore_outcome
+            )
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         if target.kind is TargetKind.POSTGRES:
             return PgRelay(self, target, record, self._forward_recorder(record, target))
         try:
@@ -554,7 +572,9 @@ class GatewayConnection(asyncssh.SSHServer):
             reason = (
                 f"can't reach target {target.name} ({target.host}:{target.port}): {exc.strerror}"
             )
-            self.gate.close_session(record, EndReason.TARGET_ERROR, detail=reason)
+            await asyncio.to_thread(
+                self.gate.close_session, record, EndReason.TARGET_ERROR, detail=reason
+            )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
 
     def _forward_recorder(self, record: Any, target: Target) -> Recorder | None:

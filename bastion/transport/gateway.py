@@ -307,9 +307,11 @@ class Gateway:
                 timeout.total_seconds(),
             )
         except TimeoutError:
-            return self.gate.expire_approval(approval, "timed out")
+            return await asyncio.to_thread(self.gate.expire_approval, approval, "timed out")
         except asyncio.CancelledError:
-            self.gate.expire_approval(approval, "the session ended while waiting")
+            self.write_behind(
+                self.gate.expire_approval, approval, "the session ended while waiting"
+            ).add_done_callback(_log_failure)
             raise
         log.info(
             "approval %s %s by %s",
@@ -341,7 +343,7 @@ class Gateway:
         future: asyncio.Future[D] = asyncio.get_running_loop().create_future()
         waiters[key] = (future, load)
         try:
-            current = load()
+            current = await asyncio.to_thread(load)
             if current is not None:
                 return current
             return await asyncio.wait_for(future, max(0.0, timeout_s))
@@ -349,12 +351,12 @@ class Gateway:
             waiters.pop(key, None)
 
     @staticmethod
-    def _settle(waiters: _Waiters, key: str) -> None:
+    async def _settle(waiters: _Waiters, key: str) -> None:
         entry = waiters.get(key)
         if entry is None or entry[0].done():
             return
-        decided = entry[1]()
-        if decided is not None:
+        decided = await asyncio.to_thread(entry[1])
+        if decided is not None and not entry[0].done():
             entry[0].set_result(decided)
 
     # -- access requests ---------------------------------------------------------
@@ -369,7 +371,7 @@ class Gateway:
                 (request.expires_at - self.gate.now()).total_seconds(),
             )
         except TimeoutError:
-            return self.gate.expire_request(request.id)
+            return await asyncio.to_thread(self.gate.expire_request, request.id)
 
     def notify_request(self, event: str, request: AccessRequest) -> None:
         """Tell the hooks; never raises and never waits."""
@@ -398,7 +400,7 @@ class Gateway:
                 # Read on a thread: a store that stops answering holds this task, never
                 # the loop, whose timers end sessions at their deadlines.
                 events = await asyncio.to_thread(self.gate.changes_after, self._cursor)
-                self._apply_changes(events)
+                await self._apply_changes(events)
             except Exception:
                 log.exception("reading the change feed failed; retrying")
 
@@ -432,7 +434,7 @@ class Gateway:
                 f"the bastion node {self.gate.node} lost contact with the cluster - session closed",
             )
 
-    def _apply_changes(self, events: Iterable[AuditEvent]) -> None:
+    async def _apply_changes(self, events: Iterable[AuditEvent]) -> None:
         for event in events:
             self._cursor = event.seq
             details = event.details
@@ -441,9 +443,9 @@ class Gateway:
             elif event.action == "session.kill_requested":
                 self._killed(details["session"], event.actor, details.get("reason", ""))
             elif event.action == "approval.decided":
-                self._settle(self._waiters, details["approval"])
+                await self._settle(self._waiters, details["approval"])
             elif event.action == "request.decided":
-                self._settle(self._request_waiters, details["request"])
+                await self._settle(self._request_waiters, details["request"])
 
     def _revoked(self, grant_id: str, actor: str, reason: str) -> None:
         for conn in list(self.connections):
@@ -476,3 +478,9 @@ class Gateway:
 def _decided(record: D | None, pending: object) -> D | None:
     """The record if a decision has landed on it, else None."""
     return record if record is not None and record.state is not pending else None
+
+
+def _log_failure(done: asyncio.Future[Any]) -> None:
+    """Done callback of a write nobody awaits: log its failure rather than lose it."""
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        log.error("a store write failed: %s", exc)

@@ -228,7 +228,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         extra = {k: params[k] for k in _PASSED_PARAMETERS if k in params}
         agent = self.record.agent
         extra["application_name"] = f"{extra.get('application_name', 'client')} (bastion: {agent})"
-        secret = self.conn.gate.target_secret(self.target.name)
+        secret = await asyncio.to_thread(self.conn.gate.target_secret, self.target.name)
         try:
             if secret is None:
                 raise pgupstream.PgUpstreamError(
@@ -236,7 +236,11 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                 )
             login = await pgupstream.login(self.target, secret.value, database, extra)
         except pgupstream.PgUpstreamError as exc:
-            self.conn.gate.target_error(self.target.name, self.record.grant_id, str(exc), False)
+            await asyncio.to_thread(
+                self.conn.gate.target_error, self.target.name, self.record.grant_id, str(exc), False
+            )
+            if self._ended:
+                return
             self._fatal(exc.sqlstate, str(exc), EndReason.TARGET_ERROR)
             return
         if self._ended:
@@ -435,7 +439,13 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     ) -> None:
         gate = self.conn.gate
         timeout = self.gateway.config.approvals.timeout
-        approval = gate.request_approval(self.record, "statement", sql, reasons, timeout)
+        approval = await asyncio.to_thread(
+            gate.request_approval, self.record, "statement", sql, reasons, timeout
+        )
+        if self._ended:
+            ended = "the session ended while waiting"
+            await asyncio.to_thread(gate.expire_approval, approval, ended)
+            return
         wait = _duration_text(timeout.total_seconds())
         self._send(
             pgwire.NoticeResponse.build(
@@ -457,7 +467,9 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             cancelled.cancel()
         if not waiting.done():
             # psql's Ctrl-C while the statement waits: abandon it, as a cancel would.
-            decided = gate.expire_approval(approval, "cancelled by the client")
+            decided = await asyncio.to_thread(
+                gate.expire_approval, approval, "cancelled by the client"
+            )
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting

@@ -141,6 +141,7 @@ def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node) -> None:
     server = node.server
     short = server.issue("prod-web", options=["--ttl", "6s"])
     long = server.issue("prod-web", options=["--ttl", "5m"])
+    later = server.issue("prod-web", options=["--ttl", "5m"])
     ending = server.spawn("prod-web", short.key, "sleep", "600")
     staying = Spawned(server.ssh_argv("prod-web", long.key, "cat"), stdin=subprocess.PIPE)
     server.active_session(short)
@@ -149,6 +150,8 @@ def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node) -> None:
 
     node.hop.freeze()
     try:
+        # A login meanwhile waits for the store on a thread, holding nothing else up.
+        arriving = server.spawn("prod-web", later.key, "echo", "in")
         assert ending.wait(timeout=short.valid_before - time.time() + 5) == 255
         assert ending.exited_at is not None
         late = ending.exited_at - short.valid_before
@@ -161,8 +164,12 @@ def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node) -> None:
         staying.proc.stdin.flush()
         wait_until(lambda: token in staying.stdout, 5)
         assert staying.running()
+        assert arriving.running()  # still logging in
     finally:
         node.hop.thaw()
+
+    assert arriving.wait(timeout=20) == 0
+    assert arriving.stdout == "in\n"
 
     # What could not be written while the store was frozen is written once it answers.
     [record] = server.ended_sessions(short, timeout=20)
