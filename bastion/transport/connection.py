@@ -344,15 +344,11 @@ class GatewayConnection(asyncssh.SSHServer):
     ) -> None:
         self.gateway.metrics.session_closed(relay)
         end = (relay.record, reason, status, relay.bytes_up, relay.bytes_down, detail)
-        if self.closing:
-            # A forced close (expiry, revocation, shutdown) often comes to many connections
-            # at once: each one's notice and exit go out first, in this turn of the loop,
-            # and the store writes follow in the next, instead of every client waiting for
-            # the records of those before it; and on the writes thread, so that a store
-            # that stops answering holds up no other connection's close.
-            self.gateway.write_behind(self._write_end, *end)
-        else:
-            self._write_end(*end)
+        # On the writes thread, after this turn of the loop: a forced close (expiry,
+        # revocation, shutdown) often comes to many connections at once, and each one's
+        # notice and exit go out first instead of every client waiting for the records of
+        # those before it; and a store that stops answering holds up no other session.
+        self.gateway.write_behind(self._write_end, *end)
 
     def _write_end(
         self,
@@ -530,7 +526,8 @@ class GatewayConnection(asyncssh.SSHServer):
     ) -> Any:
         if self.enrolled is not None:
             reason = "an enrolled key can only request access; it opens no forward"
-            self.gate.forward_refused(f"(agent {self.enrolled.name})", dest_host, dest_port, reason)
+            agent = f"(agent {self.enrolled.name})"
+            self._audit_refused_forward(agent, dest_host, dest_port, reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         assert self.permit is not None
         decision = access.decide_forward(
@@ -541,9 +538,14 @@ class GatewayConnection(asyncssh.SSHServer):
         )
         if isinstance(decision, Denial) or self.closing:
             reason = decision.reason if isinstance(decision, Denial) else "connection is closing"
-            self.gate.forward_refused(self.permit.grant.id, dest_host, dest_port, reason)
+            self._audit_refused_forward(self.permit.grant.id, dest_host, dest_port, reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         return self._open_forward(decision, dest_host, dest_port)
+
+    def _audit_refused_forward(self, who: str, host: str, port: int, reason: str) -> None:
+        self.gateway.write_behind(
+            self.gate.forward_refused, who, host, port, reason
+        ).add_done_callback(_ignore_outcome)
 
     async def _open_forward(
         self, target: Target, dest_host: str, dest_port: int
