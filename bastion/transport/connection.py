@@ -382,16 +382,17 @@ class GatewayConnection(asyncssh.SSHServer):
     def recording_mandatory(self) -> bool:
         return self.recording_mode == "mandatory"
 
-    def start_recording(self, relay: SessionRelay) -> Recorder:
+    async def start_recording(self, relay: SessionRelay) -> Recorder:
+        """The session's recording, its file created and its row written on a thread."""
         session = relay.record
         if self.recording_mode == "off":
-            self.gate.recording_off(session)
+            await asyncio.to_thread(self.gate.recording_off, session)
             raise RecordingOff(session.id)
         header = recording_header(session, session.kind.value)
         if relay.pty is not None:
             term_type, size = relay.pty[0], relay.pty[1]
             header.update(term_type=term_type, term_size=[size[0], size[1]], pty=True)
-        recorder = self.gate.start_recording(session, header)
+        recorder = await asyncio.to_thread(self.gate.start_recording, session, header)
         self.gateway.recorders.add(relay)
         return recorder
 

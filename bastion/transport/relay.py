@@ -48,6 +48,8 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         self.bytes_down = 0
         self.recorder: Recorder | None = None
         self._task: asyncio.Task[None] | None = None
+        # How the session ended before its record was written (see `_end`).
+        self._early_end: tuple[EndReason, int | None, str] | None = None
 
     # -- requests from the agent ----------------------------------------------
 
@@ -77,27 +79,73 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
     def _begin(self, kind: SessionKind, command: str | None, subsystem: str | None) -> bool:
         if self.conn.closing:
             return False
-        self.record = self.conn.open_record(kind, command)
+        # Pausing here would be undone by asyncssh right after this returns.
+        asyncio.get_running_loop().call_soon(self._pause_until_upstream)
+        self._task = asyncio.ensure_future(self._run(kind, command, subsystem))
+        return True
+
+    async def _open(self, kind: SessionKind, command: str | None) -> bool:
+        """The session's record, then its recording, before anything runs: both reach the
+        store on threads, so a store that stops answering holds this session only. False
+        when the session must not run."""
+        opening = asyncio.ensure_future(asyncio.to_thread(self.conn.open_record, kind, command))
         try:
-            self.recorder = self.conn.start_recording(self)
+            self.record = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(self._record_late)  # the channel closed meanwhile
+            raise
+        except Exception as exc:  # StoreError: no session runs unrecorded
+            self.fail(EndReason.TARGET_ERROR, f"could not record the session: {exc}")
+            return False
+        if self._ended:  # cut short (expiry, revocation) while the record was written
+            self._end_recorded()
+            return False
+        starting = asyncio.ensure_future(self.conn.start_recording(self))
+        try:
+            self.recorder = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(self._recording_late)  # the channel closed meanwhile
+            raise
         except RecordingOff:
             pass
         except RecordingFailed as exc:
             if self.conn.recording_mandatory:
                 # Never a session running unrecorded: refuse it, saying why.
                 self.fail(EndReason.RECORDING_FAILED, f"{exc} - session refused")
-                return True
+                return False
             self.conn.recording_lost(self, str(exc), ended_session=False)
-        # Pausing here would be undone by asyncssh right after this returns.
-        asyncio.get_running_loop().call_soon(self._pause_until_upstream)
-        self._task = asyncio.ensure_future(self._run(kind, command, subsystem))
+        if self._ended:
+            self._end_recorded()
+            return False
+        for chunk in self._pending:  # typed while the record was written
+            self.to_recording("input", chunk)
         return True
+
+    def _record_late(self, opening: asyncio.Future[Any]) -> None:
+        """The record was written after the channel closed: end it as the channel did."""
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        self.record = opening.result()
+        self._end_recorded()
+
+    def _recording_late(self, starting: asyncio.Future[Recorder]) -> None:
+        """The recording began after the channel closed (and the record ended): close it."""
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        self.conn.finish_recording(self, starting.result(), reason=EndReason.CLIENT_CLOSED)
+
+    def _end_recorded(self) -> None:
+        reason, exit_status, detail = self._early_end or (EndReason.CLIENT_CLOSED, None, "")
+        self._ended = False
+        self._end(reason, exit_status=exit_status, detail=detail)
 
     def _pause_until_upstream(self) -> None:
         if self.up is None and not self._lost:
             self.chan.pause_reading()
 
     async def _run(self, kind: SessionKind, command: str | None, subsystem: str | None) -> None:
+        if not await self._open(kind, command):
+            return
         permitted = await self.conn.gate_session(self, kind, command)
         if not permitted or self._ended:
             return
@@ -274,8 +322,11 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             self._up_done = True
 
     def _end(self, reason: EndReason, exit_status: int | None = None, detail: str = "") -> None:
-        if self._ended or self.record is None:
+        if self._ended:
+            return
+        if self.record is None:  # still being written: `_end_recorded` ends it then
             self._ended = True
+            self._early_end = (reason, exit_status, detail)
             return
         self._ended = True
         recorder, self.recorder = self.recorder, None

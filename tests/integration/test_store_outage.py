@@ -29,9 +29,10 @@ from tests.integration.conftest import (
     Server,
     Spawned,
     make_home,
+    unique_sleep,
     wait_until,
 )
-from tests.peers import LOOPBACK, Postgres, Sshd
+from tests.peers import LOOPBACK, Postgres, Sshd, free_port
 from tests.store_backends import STORE_PASSWORD, STORE_ROLE, drop_database, fresh_database
 
 LATE_AT_MOST = 1.5  # seconds from valid_before to the client's exit, as with a live store
@@ -178,26 +179,27 @@ def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node) -> None:
 
 
 def test_the_guard_cuts_an_expired_connection_when_the_loop_is_held(
-    node: Node, tmp_path: Path
+    node: Node, echo_server: EchoServer
 ) -> None:
-    """Some store calls still run on the event loop (opening a session's record): one
-    that hangs holds every timer. Then the deadline guard's thread cuts the expired
-    connection a few seconds late, without a notice, and the records still say why."""
+    """Some store calls still run on the event loop (the targets a new forward is checked
+    against): one that hangs holds every timer. Then the deadline guard's thread cuts the
+    expired connection a few seconds late, without a notice, and the record says why."""
     server = node.server
     short = server.issue("prod-web", options=["--ttl", "6s"])
-    long = server.issue("prod-web", options=["--ttl", "5m"])
+    long = server.issue("echo-db", "raw-echo", options=["--ttl", "5m"])
     ending = server.spawn("prod-web", short.key, "sleep", "600")
-    control = tmp_path / "ctl"
-    master = server.spawn("prod-web", long.key, opts=["-N", "-M", "-S", str(control)])
+    port = free_port()
+    opts = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{LOOPBACK}:{port}:raw-echo:22"]
+    tunnel = server.spawn("echo-db", long.key, opts=opts)  # a database target permits -L
     server.active_session(short)
-    wait_until(control.exists, 10)
+    sock = wait_until(lambda: _connected(port), 10)
+    sock.close()  # the tunnel works; its record was written before the freeze
     assert time.time() < short.valid_before - 1.5, "too slow to set up before the grant's end"
 
     node.hop.freeze()
     try:
-        # A new session on the long grant's connection: its record's insert hangs on the
-        # frozen store, and with it the event loop.
-        held = server.spawn("prod-web", long.key, "true", opts=["-S", str(control)])
+        # A new forward: checking it reads the targets on the event loop, which hangs.
+        held = socket.create_connection((LOOPBACK, port), timeout=30)
         assert ending.wait(timeout=short.valid_before - time.time() + 10) == 255
         assert ending.exited_at is not None
         late = ending.exited_at - short.valid_before
@@ -209,5 +211,41 @@ def test_the_guard_cuts_an_expired_connection_when_the_loop_is_held(
 
     [record] = server.ended_sessions(short, timeout=20)
     assert record["end_reason"] == "expired"
-    assert held.wait(timeout=20) == 0  # the held session ran once the store answered
+    held.sendall(b"still here")  # the held forward went through once the store answered
+    assert held.recv(64) == b"still here"
+    held.close()
+    tunnel.stop()
+
+
+def _connected(port: int) -> socket.socket | None:
+    try:
+        return socket.create_connection((LOOPBACK, port), timeout=2)
+    except OSError:
+        return None
+
+
+def test_a_session_closed_while_its_record_is_written_is_ended_once_written(
+    node: Node, tmp_path: Path
+) -> None:
+    """A shell or command session's record is written on a thread before anything runs.
+    The agent may give up meanwhile: the record, once written, is ended, not left open."""
+    server = node.server
+    grant = server.issue("prod-web", options=["--ttl", "5m"])
+    control = tmp_path / "ctl"
+    master = server.spawn("prod-web", grant.key, opts=["-N", "-M", "-S", str(control)])
+    wait_until(control.exists, 10)
+    sleep = unique_sleep()
+
+    node.hop.freeze()
+    try:
+        waiting = server.spawn("prod-web", grant.key, *sleep.split(), opts=["-S", str(control)])
+        time.sleep(1.0)  # the channel is open; its record waits for the store
+        assert waiting.running()
+        waiting.stop()  # the mux client goes: the master closes the channel
+    finally:
+        node.hop.thaw()
+
+    [record] = server.ended_sessions(grant, timeout=20)
+    assert record["command"] == sleep
+    assert record["end_reason"] == "client-closed"
     master.stop()
