@@ -149,10 +149,13 @@ class GatewayConnection(asyncssh.SSHServer):
         await asyncio.to_thread(self.gate.request_login, self.enrolled, self.client)
         return True
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         if username != REQUEST_LOGIN:
             return False
-        if self.gate.enrolled_agent(key.get_fingerprint("sha256")) is None:
+        # On a thread: anyone may try request@, and a store that stops answering must hold
+        # that attempt only, not the event loop.
+        fingerprint = key.get_fingerprint("sha256")
+        if await asyncio.to_thread(self.gate.enrolled_agent, fingerprint) is None:
             self._refusal("request@: this key is not enrolled (`bastion agent enroll`)")
             return False
         return True
@@ -568,7 +571,7 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         if target.kind is TargetKind.POSTGRES:
-            return PgRelay(self, target, record, self._forward_recorder(record, target))
+            return PgRelay(self, target, record, await self._forward_recorder(record, target))
         try:
             return await ForwardRelay.open(self, target.host, target.port, record)
         except OSError as exc:
@@ -580,21 +583,25 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
 
-    def _forward_recorder(self, record: Any, target: Target) -> Recorder | None:
-        """The query log of a PostgreSQL session lives in its recording."""
+    async def _forward_recorder(self, record: Any, target: Target) -> Recorder | None:
+        """The query log of a PostgreSQL session lives in its recording (its file and row
+        made on a thread)."""
         mode = self.recording_mode_of(target.name)
         if mode == "off":
-            self.gate.recording_off(record)
+            await asyncio.to_thread(self.gate.recording_off, record)
             return None
+        header = recording_header(record, "postgres")
         try:
-            return self.gate.start_recording(record, recording_header(record, "postgres"))
+            return await asyncio.to_thread(self.gate.start_recording, record, header)
         except RecordingFailed as exc:
             if mode == "mandatory":
-                self.gate.close_session(record, EndReason.RECORDING_FAILED, detail=str(exc))
+                await asyncio.to_thread(
+                    self.gate.close_session, record, EndReason.RECORDING_FAILED, detail=str(exc)
+                )
                 raise asyncssh.ChannelOpenError(
                     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"{exc} - session refused"
                 ) from None
-            self.gate.recording_lost(record, str(exc), False)
+            await asyncio.to_thread(self.gate.recording_lost, record, str(exc), False)
             return None
 
     def end_forward(self, relay: PgRelay, reason: EndReason, detail: str) -> None:

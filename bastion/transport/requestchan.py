@@ -94,7 +94,9 @@ class RequestSession(asyncssh.SSHServerSession[bytes]):
             self._end(EXIT_REFUSED)
             return
         try:
-            request = gate.open_request(self.agent, self.command, self.conn.client)
+            request = await asyncio.to_thread(
+                gate.open_request, self.agent, self.command, self.conn.client
+            )
         except BastionError as exc:
             self._say(f"request refused: {exc}")
             self._end(EXIT_REFUSED)

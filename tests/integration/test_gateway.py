@@ -438,7 +438,8 @@ def test_forward_refused(
     assert f"channel 0: open failed: administratively prohibited: {reason}\n" in result.stderr
     assert "stdio forwarding failed" in result.stderr
     assert result.stdout == ""
-    [event] = gateway.audit("forward.refused", after=seq)
+    # Audited on the gateway's writes thread: there within moments of the refusal.
+    [event] = wait_until(lambda: gateway.audit("forward.refused", after=seq), timeout=5)
     assert event["details"] == {
         "grant": grant.id,
         "destination": f"{destination}:5432",
@@ -500,7 +501,7 @@ def test_forward_refused_for_lack_of_permission_is_audited(gateway: Server) -> N
     result = gateway.ssh("echo-db", grant.key, opts=["-W", "echo-db:5432"], input="x\n")
 
     assert result.returncode == 255
-    events = [e for e in gateway.audit("forward.refused", after=seq)]
+    events = wait_until(lambda: gateway.audit("forward.refused", after=seq), timeout=5)
     assert [e["details"]["grant"] for e in events] == [grant.id]
 
 

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     Grant,
     Server,
     Spawned,
+    keygen,
     make_home,
     unique_sleep,
     wait_until,
@@ -138,8 +139,9 @@ def expired_line(grant: Grant) -> str:
     return f"[bastion] grant {grant.id} (task {grant.task}) expired at {stamp} - session closed"
 
 
-def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node) -> None:
+def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node, tmp_path: Path) -> None:
     server = node.server
+    stranger_key = keygen(tmp_path / "stranger" / "id_ed25519")
     short = server.issue("prod-web", options=["--ttl", "6s"])
     long = server.issue("prod-web", options=["--ttl", "5m"])
     later = server.issue("prod-web", options=["--ttl", "5m"])
@@ -151,8 +153,10 @@ def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node) -> None:
 
     node.hop.freeze()
     try:
-        # A login meanwhile waits for the store on a thread, holding nothing else up.
+        # A login meanwhile waits for the store on a thread, holding nothing else up; so
+        # does anyone's request@ attempt (whose key is looked up among enrolled agents).
         arriving = server.spawn("prod-web", later.key, "echo", "in")
+        stranger = server.spawn("request", stranger_key, "prod-web")
         assert ending.wait(timeout=short.valid_before - time.time() + 5) == 255
         assert ending.exited_at is not None
         late = ending.exited_at - short.valid_before
@@ -171,6 +175,7 @@ def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node) -> None:
 
     assert arriving.wait(timeout=20) == 0
     assert arriving.stdout == "in\n"
+    assert stranger.wait(timeout=20) == 255  # not enrolled: refused once the store answers
 
     # What could not be written while the store was frozen is written once it answers.
     [record] = server.ended_sessions(short, timeout=20)
