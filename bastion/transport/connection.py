@@ -533,18 +533,20 @@ class GatewayConnection(asyncssh.SSHServer):
             agent = f"(agent {self.enrolled.name})"
             self._audit_refused_forward(agent, dest_host, dest_port, reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        return self._forward(dest_host, dest_port)  # asyncssh awaits it before answering
+
+    async def _forward(self, dest_host: str, dest_port: int) -> ForwardRelay | PgRelay:
+        """Decide on a forward (the targets read on a thread), then open it."""
         assert self.permit is not None
+        targets = await asyncio.to_thread(self.gate.targets)
         decision = access.decide_forward(
-            self.permit.grant,
-            self.permit.grant.permit_port_forwarding,
-            dest_host,
-            self.gate.targets(),
+            self.permit.grant, self.permit.grant.permit_port_forwarding, dest_host, targets
         )
         if isinstance(decision, Denial) or self.closing:
             reason = decision.reason if isinstance(decision, Denial) else "connection is closing"
             self._audit_refused_forward(self.permit.grant.id, dest_host, dest_port, reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
-        return self._open_forward(decision, dest_host, dest_port)
+        return await self._open_forward(decision, dest_host, dest_port)
 
     def _audit_refused_forward(self, who: str, host: str, port: int, reason: str) -> None:
         self.gateway.write_behind(

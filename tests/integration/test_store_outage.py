@@ -33,7 +33,7 @@ from tests.integration.conftest import (
     unique_sleep,
     wait_until,
 )
-from tests.peers import LOOPBACK, Postgres, Sshd, free_port
+from tests.peers import LOOPBACK, Postgres, Sshd
 from tests.store_backends import STORE_PASSWORD, STORE_ROLE, drop_database, fresh_database
 
 LATE_AT_MOST = 1.5  # seconds from valid_before to the client's exit, as with a live store
@@ -184,27 +184,29 @@ def test_a_grant_still_ends_on_time_while_the_store_hangs(node: Node, tmp_path: 
 
 
 def test_the_guard_cuts_an_expired_connection_when_the_loop_is_held(
-    node: Node, echo_server: EchoServer
+    node: Node, tmp_path: Path
 ) -> None:
-    """Some store calls still run on the event loop (the targets a new forward is checked
-    against): one that hangs holds every timer. Then the deadline guard's thread cuts the
-    expired connection a few seconds late, without a notice, and the record says why."""
+    """Some store calls still run on the event loop (withdrawing an access request whose
+    agent hung up): one that hangs holds every timer. Then the deadline guard's thread
+    cuts the expired connection a few seconds late, without a notice, and the record says
+    why."""
     server = node.server
+    agent_key = keygen(tmp_path / "agent" / "id_ed25519")
+    server.cli(
+        "agent", "enroll", "bot", "--pubkey", f"{agent_key}.pub", "--may-request", "prod-web"
+    )
     short = server.issue("prod-web", options=["--ttl", "6s"])
-    long = server.issue("echo-db", "raw-echo", options=["--ttl", "5m"])
     ending = server.spawn("prod-web", short.key, "sleep", "600")
-    port = free_port()
-    opts = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{LOOPBACK}:{port}:raw-echo:22"]
-    tunnel = server.spawn("echo-db", long.key, opts=opts)  # a database target permits -L
+    asking = server.spawn(
+        "request", agent_key, "--", "--target", "prod-web", "--task", "t", "--reason", "r"
+    )
+    request_id = asking.wait_stderr(r"waiting for approval \(request (r-[0-9a-f]+)").group(1)
     server.active_session(short)
-    sock = wait_until(lambda: _connected(port), 10)
-    sock.close()  # the tunnel works; its record was written before the freeze
     assert time.time() < short.valid_before - 1.5, "too slow to set up before the grant's end"
 
     node.hop.freeze()
     try:
-        # A new forward: checking it reads the targets on the event loop, which hangs.
-        held = socket.create_connection((LOOPBACK, port), timeout=30)
+        asking.stop()  # hanging up withdraws the request: a write on the event loop, which hangs
         assert ending.wait(timeout=short.valid_before - time.time() + 10) == 255
         assert ending.exited_at is not None
         late = ending.exited_at - short.valid_before
@@ -216,17 +218,10 @@ def test_the_guard_cuts_an_expired_connection_when_the_loop_is_held(
 
     [record] = server.ended_sessions(short, timeout=20)
     assert record["end_reason"] == "expired"
-    held.sendall(b"still here")  # the held forward went through once the store answered
-    assert held.recv(64) == b"still here"
-    held.close()
-    tunnel.stop()
-
-
-def _connected(port: int) -> socket.socket | None:
-    try:
-        return socket.create_connection((LOOPBACK, port), timeout=2)
-    except OSError:
-        return None
+    withdrawn = wait_until(
+        lambda: server.cli_json_all("requests", "show", request_id)["state"] == "withdrawn", 20
+    )
+    assert withdrawn
 
 
 def test_a_session_closed_while_its_record_is_written_is_ended_once_written(
