@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from concurrent.futures import Future
 from datetime import datetime
@@ -213,9 +212,8 @@ class GatewayConnection(asyncssh.SSHServer):
             self._timer.cancel()
         if self.permit is None and self.enrolled is None and self.refusals:
             self.gateway.metrics.login(accepted=False, reason="; ".join(self.refusals))
-            self.gateway.write_behind(
-                self.gate.refuse, self.username, self.client, "; ".join(self.refusals)
-            ).add_done_callback(_ignore_outcome)
+            reasons = "; ".join(self.refusals)
+            self.gateway.write_later(self.gate.refuse, self.username, self.client, reasons)
         for relay in list(self.sessions):
             relay.connection_lost(None)
         if self._upstream is not None:
@@ -351,7 +349,7 @@ class GatewayConnection(asyncssh.SSHServer):
         # revocation, shutdown) often comes to many connections at once, and each one's
         # notice and exit go out first instead of every client waiting for the records of
         # those before it; and a store that stops answering holds up no other session.
-        self.gateway.write_behind(self._write_end, *end)
+        self.gateway.write_later(self._write_end, *end)
 
     def _write_end(
         self,
@@ -531,7 +529,7 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.enrolled is not None:
             reason = "an enrolled key can only request access; it opens no forward"
             agent = f"(agent {self.enrolled.name})"
-            self._audit_refused_forward(agent, dest_host, dest_port, reason)
+            self.gateway.write_later(self.gate.forward_refused, agent, dest_host, dest_port, reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         return self._forward(dest_host, dest_port)  # asyncssh awaits it before answering
 
@@ -544,14 +542,12 @@ class GatewayConnection(asyncssh.SSHServer):
         )
         if isinstance(decision, Denial) or self.closing:
             reason = decision.reason if isinstance(decision, Denial) else "connection is closing"
-            self._audit_refused_forward(self.permit.grant.id, dest_host, dest_port, reason)
+            grant_id = self.permit.grant.id
+            self.gateway.write_later(
+                self.gate.forward_refused, grant_id, dest_host, dest_port, reason
+            )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         return await self._open_forward(decision, dest_host, dest_port)
-
-    def _audit_refused_forward(self, who: str, host: str, port: int, reason: str) -> None:
-        self.gateway.write_behind(
-            self.gate.forward_refused, who, host, port, reason
-        ).add_done_callback(_ignore_outcome)
 
     async def _open_forward(
         self, target: Target, dest_host: str, dest_port: int
@@ -567,9 +563,8 @@ class GatewayConnection(asyncssh.SSHServer):
         )
         if self.closing:  # the grant ended (or was revoked) while the record was written
             reason = "connection is closing"
-            end = functools.partial(self.gate.close_session, detail=reason)
-            self.gateway.write_behind(end, record, self.closing_reason).add_done_callback(
-                _ignore_outcome
+            self.gateway.write_later(
+                self.gate.close_session, record, self.closing_reason, detail=reason
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         if target.kind is TargetKind.POSTGRES:
@@ -651,9 +646,3 @@ def recording_header(session: Any, kind: str) -> dict[str, object]:
         "pty": False,
         "started_at": session.started_at.isoformat(),
     }
-
-
-def _ignore_outcome(done: asyncio.Future[Any]) -> None:
-    """A write whose failure is already logged, or not worth failing for (a refusal's audit)."""
-    if not done.cancelled():
-        done.exception()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from collections.abc import Callable, Iterable
@@ -250,6 +251,11 @@ class Gateway:
             log.error("the state store did not take the last session records within 10s")
         self.notifier.close()
 
+    def write_later(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """`write_behind` for a write nobody waits for: a failure is logged, not lost."""
+        call = functools.partial(fn, **kwargs) if kwargs else fn
+        self.write_behind(call, *args).add_done_callback(_log_failure)
+
     def write_behind(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run the store write `fn(*args)` on the writes thread, in order, off the loop."""
         loop = asyncio.get_running_loop()
@@ -309,9 +315,7 @@ class Gateway:
         except TimeoutError:
             return await asyncio.to_thread(self.gate.expire_approval, approval, "timed out")
         except asyncio.CancelledError:
-            self.write_behind(
-                self.gate.expire_approval, approval, "the session ended while waiting"
-            ).add_done_callback(_log_failure)
+            self.write_later(self.gate.expire_approval, approval, "the session ended while waiting")
             raise
         log.info(
             "approval %s %s by %s",
