@@ -9,6 +9,7 @@ classifies every statement, and keeps the query log in the session's recording).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import statistics
@@ -49,48 +50,8 @@ def pgbench(world: World, procs: Procs, seconds: int, reps: int, scale: int) -> 
         procs.stop_many(list(tunnels.values()))
         raise
     tunnels[BYTES], local[BYTES] = more["bastion"], port["bastion"]
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in local}
     try:
-        for order in _rotations(list(local), reps):
-            for name in order:
-                env = {**os.environ, "PGCONNECT_TIMEOUT": "20"}
-                if name != "bastion":  # the client logs in itself, password and all
-                    env["PGPASSWORD"] = world.pg_password
-                argv = [
-                    PGBENCH, "-n", "-S", "-c", "4", "-j", "2", "-T", str(seconds),
-                    "-h", "127.0.0.1", "-p", str(local[name]), "-U", PG_ROLE, PG_DB,
-                ]  # fmt: skip
-                cpu0 = cpu_seconds(world.bastion_pid)
-                proc = procs.popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                )
-                try:
-                    out, err = proc.communicate(timeout=seconds + 120)
-                finally:
-                    procs.stop(proc)
-                text = out.decode(errors="replace")
-                tps = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", text, re.M)
-                if proc.returncode != 0 or tps is None:
-                    raise RuntimeError(
-                        f"{name}: pgbench exited {proc.returncode}:"
-                        f" {text[-800:]}{err.decode(errors='replace')[-800:]}"
-                    )
-                latency = re.search(r"^latency average = ([\d.]+) ms", text, re.M)
-                done = re.search(r"^number of transactions actually processed: (\d+)", text, re.M)
-                failed = re.search(r"^number of failed transactions: (\d+)", text, re.M)
-                runs[name].append(
-                    {
-                        "tps": float(tps.group(1)),
-                        "latency_avg_ms": float(latency.group(1)) if latency else None,
-                        "transactions": int(done.group(1)) if done else None,
-                        "failed": int(failed.group(1)) if failed else None,
-                        "bastion_cpu_s": cpu_seconds(world.bastion_pid) - cpu0,
-                    }
-                )
+        runs = _pgbench_runs(world, procs, local, seconds, reps)
     finally:
         procs.stop_many(list(tunnels.values()))
     return {
@@ -106,6 +67,134 @@ def pgbench(world: World, procs: Procs, seconds: int, reps: int, scale: int) -> 
         # ... and through the byte relay (the SSH layer and the event loop alone):
         "bytes_cpu_us_per_query": _cpu_us_per_query(runs[BYTES]),
     }
+
+
+def pgbench_own_cpu(
+    world: World, procs: Procs, seconds: int, reps: int, scale: int
+) -> dict[str, Any]:
+    """The same `pgbench -S`, with the gateway on a CPU of its own, as it is deployed.
+
+    On this machine everything shares two cores, so the bastion's CPU per query is taken
+    from pgbench and PostgreSQL, which a bastion on its own host would not do. Here the
+    gateway (sshd with its per-connection processes, or the bastion with its threads) runs
+    on the last CPU, and pgbench, the `ssh` client and PostgreSQL (its postmaster and every
+    backend it forks) on the others: the same split on both paths. Affinities are put
+    back afterwards, for the measurements that follow.
+
+    With the gateway's CPU out of the way, the other CPU is the bottleneck, and on it the
+    `ssh` client's cipher counts: the stock client picks chacha20-poly1305 for sshd, and
+    AES-GCM for the bastion (which prefers it), which costs the client less. So the direct
+    path is also measured with the client pinned to AES-GCM, and `best_direct_tps` is the
+    faster of the two direct series: the one to compare with.
+    """
+    assert world.pg is not None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise RuntimeError(f"needs at least 2 CPUs, this process may use {len(cpus)}")
+    gateway, rest = {cpus[-1]}, set(cpus[:-1])
+    world.init_pgbench(scale)
+    tunnels, local = _open_tunnels(
+        world, procs, PG_TARGET, world.pg.port, names=("direct", "direct_aes_gcm", "bastion")
+    )
+    pinned = {world.sshd.pid: gateway, world.bastion_pid: gateway, world.pg.pid: rest}
+    pinned.update({tunnel.pid: rest for tunnel in tunnels.values()})
+    try:
+        for pid, where in pinned.items():
+            _pin(pid, where)
+        runs = _pgbench_runs(world, procs, local, seconds, reps, cpus=rest)
+    finally:
+        procs.stop_many(list(tunnels.values()))
+        for pid in pinned:
+            _pin(pid, set(cpus))
+    wall = sum(r["wall_s"] for r in runs["bastion"])
+    tps = {name: median([r["tps"] for r in rs]) for name, rs in runs.items()}
+    return {
+        "scale": scale,
+        "clients": 4,
+        "threads": 2,
+        "seconds": seconds,
+        "gateway_cpus": sorted(gateway),
+        "other_cpus": sorted(rest),
+        "runs": runs,
+        "median_tps": tps,
+        "best_direct_tps": max(tps["direct"], tps["direct_aes_gcm"]),
+        "bastion_cpu_us_per_query": _cpu_us_per_query(runs["bastion"]),
+        # How busy the bastion kept its CPU while pgbench ran through it:
+        "bastion_cpu_busy": sum(r["bastion_cpu_s"] for r in runs["bastion"]) / wall,
+    }
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of `pid` and of its descendants (processes
+    they fork later inherit it). A process that ended meanwhile is skipped."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(tid), cpus)
+            with open(f"/proc/{pid}/task/{tid}/children") as children:
+                for child in children.read().split():
+                    _pin(int(child), cpus)
+
+
+def _pgbench_runs(
+    world: World,
+    procs: Procs,
+    local: dict[str, int],
+    seconds: int,
+    reps: int,
+    cpus: set[int] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """`pgbench -n -S -c 4 -j 2` through each tunnel of `local`, ``reps`` runs each
+    (interleaved); pgbench itself on `cpus` when given."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in local}
+    for order in _rotations(list(local), reps):
+        for name in order:
+            env = {**os.environ, "PGCONNECT_TIMEOUT": "20"}
+            if name != "bastion":  # the client logs in itself, password and all
+                env["PGPASSWORD"] = world.pg_password
+            argv = [
+                PGBENCH, "-n", "-S", "-c", "4", "-j", "2", "-T", str(seconds),
+                "-h", "127.0.0.1", "-p", str(local[name]), "-U", PG_ROLE, PG_DB,
+            ]  # fmt: skip
+            cpu0 = cpu_seconds(world.bastion_pid)
+            t0 = time.perf_counter()
+            proc = procs.popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+            )
+            try:
+                out, err = proc.communicate(timeout=seconds + 120)
+            finally:
+                procs.stop(proc)
+            wall = time.perf_counter() - t0
+            text = out.decode(errors="replace")
+            tps = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", text, re.M)
+            if proc.returncode != 0 or tps is None:
+                raise RuntimeError(
+                    f"{name}: pgbench exited {proc.returncode}:"
+                    f" {text[-800:]}{err.decode(errors='replace')[-800:]}"
+                )
+            latency = re.search(r"^latency average = ([\d.]+) ms", text, re.M)
+            done = re.search(r"^number of transactions actually processed: (\d+)", text, re.M)
+            failed = re.search(r"^number of failed transactions: (\d+)", text, re.M)
+            runs[name].append(
+                {
+                    "tps": float(tps.group(1)),
+                    "latency_avg_ms": float(latency.group(1)) if latency else None,
+                    "transactions": int(done.group(1)) if done else None,
+                    "failed": int(failed.group(1)) if failed else None,
+                    "bastion_cpu_s": cpu_seconds(world.bastion_pid) - cpu0,
+                    "wall_s": wall,
+                }
+            )
+    return runs
 
 
 def _cpu_us_per_query(runs: list[dict[str, Any]]) -> float | None:

@@ -155,13 +155,14 @@ METRICS = (
     "screen_at",
     "rec_text_search",
     "pgbench",
+    "pgbench_own_cpu",
     "pg_copy",
     "sql_classify",
     "pg_relay",
 )
 # The PostgreSQL server runs for these. `forward` needs it too: a grant permits `-L`
 # only when it covers a database target (policy.certificate_permissions).
-PG_METRICS = {"forward", "forward_pg", "pgbench", "pg_copy"}
+PG_METRICS = {"forward", "forward_pg", "pgbench", "pgbench_own_cpu", "pg_copy"}
 
 
 def _measurements(world: World, procs: Procs, s: Settings) -> dict[str, Callable[[], Any]]:
@@ -192,6 +193,9 @@ def _measurements(world: World, procs: Procs, s: Settings) -> dict[str, Callable
             world, procs, s.screen_bytes, s.search_total_bytes
         ),
         "pgbench": lambda: pg_metrics.pgbench(
+            world, procs, s.pgbench_seconds, s.pgbench_reps, s.pgbench_scale
+        ),
+        "pgbench_own_cpu": lambda: pg_metrics.pgbench_own_cpu(
             world, procs, s.pgbench_seconds, s.pgbench_reps, s.pgbench_scale
         ),
         "pg_copy": lambda: pg_metrics.pg_copy(world, procs, s.pg_copy_rows, s.pg_copy_reps),
@@ -482,6 +486,27 @@ def build_rows(results: dict[str, Any], s: Settings) -> list[Row]:
             if bytes_per_query is not None:
                 label = "  bastion's CPU per query through the byte relay (µs)"
                 rows.append(_info(label, _f(bytes_per_query, 1)))
+    label = "same pgbench, the gateway on a CPU of its own (TPS, median)"
+    if not error_row("pgbench_own_cpu", label):
+        own = results["pgbench_own_cpu"]
+        med = own["median_tps"]
+        ratio = med["bastion"] / own["best_direct_tps"]
+        rows.append(
+            Row(
+                label + ", vs the faster direct client",
+                _f(own["best_direct_tps"], 0),
+                _f(med["bastion"], 0),
+                f"{ratio:.2f}x",
+                f">= {GOAL_PG}x",
+                _verdict(ratio >= GOAL_PG),
+            )
+        )
+        for name, what in (("direct", "stock"), ("direct_aes_gcm", "pinned to aes128-gcm")):
+            rows.append(
+                Row(f"  direct, client {what} (TPS)", _f(med[name], 0), "-", "-", "-", "info")
+            )
+        busy = f"{own['bastion_cpu_busy'] * 100:.0f} %"
+        rows.append(_info("  how busy the bastion kept its CPU", busy))
     label = f"psql COPY (SELECT ...) TO STDOUT, {s.pg_copy_rows * 1001 // M} MB (MB/s)"
     if not error_row("pg_copy", label):
         med = results["pg_copy"]["median_mb_s"]
