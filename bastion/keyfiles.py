@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ed25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import (
     SSHCertificate,
     SSHCertPublicKeyTypes,
@@ -44,6 +44,10 @@ def public_line(public_key: SSHPublicKeyTypes, comment: str = "") -> str:
     return f"{line} {comment}".rstrip()
 
 
+# Below this an RSA key is refused wherever one is read (agents' keys, targets' host keys).
+MIN_RSA_BITS = 2048
+
+
 def parse_public_key(text: str, source: str) -> SSHCertPublicKeyTypes:
     """One OpenSSH public key line (`ssh-ed25519 AAAA... comment`), not a certificate."""
     # Before counting lines: a private key file has many, and the useful message is this one.
@@ -61,6 +65,11 @@ def parse_public_key(text: str, source: str) -> SSHCertPublicKeyTypes:
         raise InvalidInput(f"{source}: is a certificate; give the plain public key")
     if isinstance(identity, dsa.DSAPublicKey):
         raise InvalidInput(f"{source}: DSA keys are obsolete; use an Ed25519 key")
+    if isinstance(identity, rsa.RSAPublicKey) and identity.key_size < MIN_RSA_BITS:
+        raise InvalidInput(
+            f"{source}: a {identity.key_size}-bit RSA key is too weak; use an Ed25519 key"
+            f" or RSA of at least {MIN_RSA_BITS} bits"
+        )
     return identity
 
 

@@ -170,6 +170,10 @@ def enrollment_refusals(tmp_path: Path, bot_key: Path) -> dict[str, tuple[list[s
     certificate = other.with_name("other_key-cert.pub")
     garbage = tmp_path / "garbage.pub"
     garbage.write_text("ssh-ed25519 not-base64!! x\n")
+    weak = tmp_path / "rsa1024"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f", str(weak)], check=True
+    )
     key = ["--pubkey", str(pub(bot_key))]
     return {
         "unknown target": (
@@ -207,6 +211,11 @@ def enrollment_refusals(tmp_path: Path, bot_key: Path) -> dict[str, tuple[list[s
             INVALID_INPUT,
             "not an OpenSSH public key",
         ),
+        "weak RSA key": (
+            ["bot", "--pubkey", str(pub(weak)), "--may-request", "prod-db"],
+            INVALID_INPUT,
+            "a 1024-bit RSA key is too weak; use an Ed25519 key or RSA of at least 2048 bits",
+        ),
         "max-ttl over grants.max_ttl": (
             ["bot", *key, "--may-request", "prod-db", "--max-ttl", "8h1s"],
             INVALID_INPUT,
@@ -238,6 +247,7 @@ REFUSALS = [
     "certificate",
     "missing file",
     "garbage",
+    "weak RSA key",
     "max-ttl over grants.max_ttl",
     "bad max-ttl",
     "invalid name",

@@ -407,6 +407,9 @@ BAD_ISSUES = [
      "{key}: this is a private key; give the .pub file"),
     ("certificate-as-pubkey", {"--pubkey": "{other_cert}"}, None, INVALID_INPUT,
      "{other_cert}: is a certificate; give the plain public key"),
+    ("weak-rsa-pubkey", {"--pubkey": "{rsa1024}"}, None, INVALID_INPUT,
+     "{rsa1024}: a 1024-bit RSA key is too weak; use an Ed25519 key or RSA of at least 2048"
+     " bits"),
     ("missing-pubkey", {"--pubkey": "{tmp}/nope.pub"}, None, INVALID_INPUT,
      "can't read public key {tmp}/nope.pub: no such file or directory"),
     ("unknown-target", {"--target": "nope"}, None, NOT_FOUND,
@@ -505,6 +508,10 @@ def test_bad_issue_writes_nothing(
     )
     (tmp_path / "made").mkdir()
     (tmp_path / "link").symlink_to(agent_key)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f", str(files / "rsa1024")],
+        check=True,
+    )
     notcert = make_key(tmp_path / "notcert")
     notcert.with_name("id_ed25519-cert.pub").write_text("my notes, not a certificate\n")
     names = {
@@ -515,6 +522,7 @@ def test_bad_issue_writes_nothing(
         "link": tmp_path / "link",
         "notcert": notcert,
         "other_cert": cert(other),
+        "rsa1024": files / "rsa1024.pub",
         "tmp": tmp_path,
         "home": home,
     }
