@@ -10,12 +10,13 @@ import base64
 import hashlib
 from datetime import UTC, datetime
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import (
     SSHCertificate,
     load_ssh_public_identity,
 )
 
-from bastion.keyfiles import fingerprint
+from bastion.keyfiles import MIN_RSA_BITS, fingerprint
 from bastion.models import PresentedCertificate
 
 _FOREVER = 2**64 - 1
@@ -23,13 +24,28 @@ _FOREVER = 2**64 - 1
 
 def parse_key_blob(key_data: bytes) -> SSHCertificate | None:
     """The certificate in an SSH wire-format key blob, or None for a plain key or garbage."""
+    identity = _identity(key_data)
+    return identity if isinstance(identity, SSHCertificate) else None
+
+
+def _identity(key_data: bytes) -> object:
+    """The key or certificate in an SSH wire-format key blob, or None for garbage."""
     try:
         size = int.from_bytes(key_data[:4], "big")
         algorithm = key_data[4 : 4 + size]
-        identity = load_ssh_public_identity(algorithm + b" " + base64.b64encode(key_data))
-    except (ValueError, TypeError, Exception):  # cryptography raises several kinds
+        return load_ssh_public_identity(algorithm + b" " + base64.b64encode(key_data))
+    except Exception:  # cryptography raises several kinds
         return None
-    return identity if isinstance(identity, SSHCertificate) else None
+
+
+def weak_key(key_data: bytes, cert: SSHCertificate | None) -> str | None:
+    """Why the key in a login's blob is too weak to accept, or None: an RSA key under
+    `MIN_RSA_BITS` (as `bastion grant issue` and enrollment refuse it, for certificates
+    signed before they did). The key is the certificate's, or the plain key's."""
+    key = cert.public_key() if cert is not None else _identity(key_data)
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        return f"a {key.key_size}-bit RSA key is too weak (at least {MIN_RSA_BITS} bits)"
+    return None
 
 
 def presented(cert: SSHCertificate) -> PresentedCertificate:

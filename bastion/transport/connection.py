@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from bastion import access
+from bastion import access, sshalgs
 from bastion.access import Denial, LoginPermit
 from bastion.cmdpolicy import NeedsApproval, classify_command
 from bastion.models import Agent, ApprovalState, EndReason, SessionKind, Target, TargetKind
@@ -95,6 +95,10 @@ class GatewayConnection(asyncssh.SSHServer):
         self, original: Any, username: str, key_data: bytes, msg: bytes, signature: bytes
     ) -> bool:
         cert = certs.parse_key_blob(key_data)
+        weak = sshalgs.refused_signature(signature) or certs.weak_key(key_data, cert)
+        if weak is not None:
+            self._refusal(weak)
+            return False
         if username == REQUEST_LOGIN:
             return await self._validate_enrolled(original, cert, username, key_data, msg, signature)
         if cert is None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
+from bastion import sshalgs
 from bastion.config import Config
 from bastion.gatekeeper import Gatekeeper
 from bastion.metrics import LiveState, Metrics
@@ -173,6 +174,7 @@ class Gateway:
             agent_forwarding=False,
             x11_forwarding=False,
             allow_scp=False,
+            kex_algs=sshalgs.KEX,
             encryption_algs=LISTEN_CIPHERS,
             compression_algs=["none"],
             login_timeout=self.config.server.login_timeout.total_seconds(),

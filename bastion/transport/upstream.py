@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncssh
 
+from bastion import sshalgs
 from bastion.models import Target, TargetSecret
 
 # asyncssh's chacha20-poly1305 builds a cipher object per packet and runs at about half
@@ -54,6 +55,7 @@ async def connect(
             host_based_auth=False,
             agent_forwarding=False,
             x11_forwarding=False,
+            kex_algs=sshalgs.KEX,
             encryption_algs=UPSTREAM_CIPHERS,
             compression_algs=["none"],
             request_pty=False,

@@ -9,6 +9,7 @@ bastion's own CA (`keys/ca`) or by another one.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
@@ -16,10 +17,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+
 from bastion.clock import FixedClock
 from bastion.config import open_home
 from bastion.service import Bastion, GrantRequest
-from tests.integration.conftest import Grant, Server, keygen, wait_until
+from tests.integration.conftest import (
+    LOOPBACK,
+    Grant,
+    Server,
+    cli_json,
+    keygen,
+    wait_until,
+)
 
 DENIED = "Permission denied (publickey)."
 
@@ -367,3 +377,86 @@ def test_shell_request_waits_for_approval_where_configured(gateway: Server) -> N
     term.expect(r"OPEN\r\n")
     term.type("exit\r")
     assert term.wait() == 0
+
+
+# -- algorithms: what OpenSSH's sshd refuses by default, the gateway refuses too --------
+
+
+def _rsa_key(path: Path, bits: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", str(bits), "-N", "", "-f", str(path)], check=True
+    )
+    return path
+
+
+def test_sha1_rsa_signature_is_refused_and_sha2_accepted(gateway: Server, tmp_path: Path) -> None:
+    key = _rsa_key(tmp_path / "rsa" / "id_rsa", 3072)
+    cli_json(
+        gateway.home, "grant", "issue", "--agent", "bot", "--task", "rsa-sha1",
+        "--target", "prod-web", "--pubkey", f"{key}.pub",
+    )  # fmt: skip
+    sha1 = ["-o", "PubkeyAcceptedAlgorithms=ssh-rsa-cert-v01@openssh.com"]
+    seq = gateway.audit_seq()
+
+    refused = gateway.ssh("prod-web", key, "echo should-not-run", opts=sha1)
+
+    assert (refused.returncode, refused.stdout) == (255, "")
+    assert DENIED in refused.stderr
+    events = wait_until(lambda: gateway.audit("login.refused", after=seq), timeout=5)
+    reasons = [e["details"]["reason"] for e in events]
+    assert any("ssh-rsa signatures (SHA-1) are not accepted" in r for r in reasons), reasons
+    assert not gateway.audit("login.accepted", after=seq)
+    # The same certificate signing with SHA-2 (the stock client's choice) gets in.
+    accepted = gateway.ssh("prod-web", key, "echo rsa-sha2")
+    assert (accepted.returncode, accepted.stdout) == (0, "rsa-sha2\n"), accepted.stderr
+
+
+def test_certificate_for_a_weak_rsa_key_is_refused(gateway: Server, tmp_path: Path) -> None:
+    # `grant issue` refuses such a key; a certificate the CA signed before it did is refused
+    # at login.
+    grant = gateway.issue("prod-web")
+    key = _rsa_key(tmp_path / "weak" / "id_rsa", 1024)
+    ssh_keygen_sign(
+        gateway.home / "keys" / "ca",
+        key, grant.key_id, grant.serial, ["prod-web"], "-V", "-1m:+10m",
+    )  # fmt: skip
+
+    assert_refused(gateway, "prod-web", key, "a 1024-bit RSA key is too weak")
+
+
+def test_sha1_key_exchange_is_refused(gateway: Server) -> None:
+    grant = gateway.issue("prod-web")
+    for kex in ("diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1"):
+        opts = ["-o", f"KexAlgorithms={kex}"]
+        result = gateway.ssh("prod-web", grant.key, "echo x", opts=opts, log_level="INFO")
+        assert result.returncode == 255
+        assert "no matching key exchange method found" in result.stderr, result.stderr
+    assert gateway.ssh("prod-web", grant.key, "echo x").stdout == "x\n"
+
+
+def test_post_quantum_key_exchange(gateway: Server) -> None:
+    # OpenSSH 10 warns on every connection whose key exchange is not post-quantum; its
+    # default is mlkem768x25519-sha256. (This machine's OpenSSH 9.2 client predates it:
+    # asyncssh's client offers that one method alone.)
+    grant = gateway.issue("prod-web")
+    cert = Path(f"{grant.key}-cert.pub")
+    host_key = asyncssh.read_public_key(str(gateway.home / "keys" / "host_ed25519.pub"))
+
+    async def run() -> str:
+        async with asyncssh.connect(
+            LOOPBACK,
+            gateway.port,
+            username="prod-web",
+            client_keys=[
+                (asyncssh.read_private_key(str(grant.key)), asyncssh.read_certificate(str(cert)))
+            ],
+            known_hosts=([host_key], [], []),
+            agent_path=None,
+            config=None,
+            kex_algs=["mlkem768x25519-sha256"],
+        ) as conn:
+            result = await conn.run("echo post-quantum", check=True)
+            return str(result.stdout)
+
+    assert asyncio.run(run()) == "post-quantum\n"

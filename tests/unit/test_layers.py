@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
         "keyfiles",
         "logs",
         "webpolicy",
+        "sshalgs",
     },
     {"ca", "store", "recording", "notify", "sdnotify", "metrics"},
     {"service", "accessrequests", "doctor", "cluster", "webaccounts"},
@@ -45,6 +46,7 @@ PURE = {
     "access",
     "requestpolicy",
     "webpolicy",
+    "sshalgs",
 }
 IO_MODULES = {"socket", "asyncio", "asyncssh", "sqlite3", "psycopg", "subprocess"}
 
