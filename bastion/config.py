@@ -44,6 +44,9 @@ advertise = ""
 node = ""
 # How long a client may take to authenticate.
 login_timeout = "30s"
+# Shells, commands and sftp open at once on one connection (as sshd's MaxSessions);
+# `-L` forwards are not counted.
+max_sessions = 10
 # On SIGTERM: live sessions are told why and closed; this bounds how long that may take.
 shutdown_grace = "10s"
 # Log lines on stderr: "text", or "json" (one object per line, for a log shipper).
@@ -150,6 +153,7 @@ class ServerConfig:
     advertise: str = ""
     node: str = ""
     login_timeout: timedelta = timedelta(seconds=30)
+    max_sessions: int = 10
     shutdown_grace: timedelta = timedelta(seconds=10)
     log_format: str = "text"
     event_loop: str = "uvloop"
@@ -514,6 +518,8 @@ def _check_consistency(config: Config, source: Path) -> None:
             f'\'server.event_loop\' in {source} must be "uvloop" or "asyncio",'
             f" got {server.event_loop!r}"
         )
+    if not 1 <= server.max_sessions <= 1000:
+        raise ConfigError(f"'server.max_sessions' in {source} must be between 1 and 1000")
     if server.shutdown_grace > MAX_SHUTDOWN_GRACE:
         raise ConfigError(f"'server.shutdown_grace' in {source} must be at most 10m")
     if config.metrics.listen:

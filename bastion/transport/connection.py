@@ -332,6 +332,12 @@ class GatewayConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "connection is closing"
             )
+        limit = self.gateway.config.server.max_sessions
+        if len(self.sessions) >= limit:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"too many sessions on this connection (at most {limit})",
+            )
         return SessionRelay(self)
 
     def open_record(self, kind: SessionKind, command: str | None) -> Any:

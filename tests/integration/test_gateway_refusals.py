@@ -18,18 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 
 from bastion.clock import FixedClock
 from bastion.config import open_home
 from bastion.service import Bastion, GrantRequest
 from tests.integration.conftest import (
     LOOPBACK,
+    EchoServer,
     Grant,
     Server,
     cli_json,
     keygen,
+    make_home,
+    unique_sleep,
     wait_until,
 )
+from tests.peers import Sshd
 
 DENIED = "Permission denied (publickey)."
 
@@ -460,3 +465,81 @@ def test_post_quantum_key_exchange(gateway: Server) -> None:
             return str(result.stdout)
 
     assert asyncio.run(run()) == "post-quantum\n"
+
+
+# -- sessions per connection -----------------------------------------------------------
+
+
+def test_sessions_on_one_connection_are_limited(
+    sshd: Sshd,
+    target_login_key: Path,
+    echo_server: EchoServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """`server.max_sessions` (sshd's MaxSessions): one connection carries that many shells
+    or commands at once; one more is refused before anything is recorded or opened on the
+    target, with the reason, and a freed slot can be used again."""
+    base = tmp_path_factory.mktemp("max-sessions")
+    extra = "\n[server]\nmax_sessions = 3\n"
+    server = Server(
+        make_home(base, sshd, target_login_key, echo_server.port, extra_config=extra), base
+    )
+    server.start()
+    try:
+        grant = server.issue("prod-web", options=["--ttl", "5m"])
+        cert = Path(f"{grant.key}-cert.pub")
+        host_key = asyncssh.read_public_key(str(server.home / "keys" / "host_ed25519.pub"))
+
+        async def run() -> tuple[str, str]:
+            async with asyncssh.connect(
+                LOOPBACK,
+                server.port,
+                username="prod-web",
+                client_keys=[
+                    (
+                        asyncssh.read_private_key(str(grant.key)),
+                        asyncssh.read_certificate(str(cert)),
+                    )
+                ],
+                known_hosts=([host_key], [], []),
+                agent_path=None,
+                config=None,
+            ) as conn:
+                held = [await conn.create_process(unique_sleep()) for _ in range(3)]
+                try:
+                    await conn.run("echo one-too-many")
+                except asyncssh.ChannelOpenError as exc:
+                    refusal = exc.reason
+                else:
+                    refusal = "not refused"
+                held[0].close()
+                await held[0].wait_closed()
+                again = await conn.run("echo a-slot-again", check=True)
+                for proc in held[1:]:
+                    proc.close()
+                return refusal, str(again.stdout)
+
+        refusal, again = asyncio.run(run())
+
+        assert refusal == "too many sessions on this connection (at most 3)"
+        assert again == "a-slot-again\n"
+        records = server.ended_sessions(grant, count=4)
+        assert "echo one-too-many" not in [r["command"] for r in records]  # never opened
+        assert [r["command"] for r in records].count("echo a-slot-again") == 1
+
+        # OpenSSH's ControlMaster: the master's fourth session is refused, and the mux
+        # client then connects on its own (a connection of its own has its own budget).
+        control = tmp_path / "ctl"
+        master = server.spawn("prod-web", grant.key, opts=["-N", "-M", "-S", str(control)])
+        wait_until(control.exists, 10)
+        mux = ["-S", str(control)]
+        held = [server.spawn("prod-web", grant.key, unique_sleep(), opts=mux) for _ in range(3)]
+        wait_until(lambda: len([r for r in server.sessions(grant) if not r["end_reason"]]) == 3)
+        fallback = server.ssh("prod-web", grant.key, "echo on-its-own", opts=mux)
+        assert "Session open refused by peer" in fallback.stderr
+        assert (fallback.returncode, fallback.stdout) == (0, "on-its-own\n")
+        for proc in [*held, master]:
+            proc.stop()
+    finally:
+        server.stop()

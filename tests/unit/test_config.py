@@ -227,6 +227,7 @@ def test_operations_defaults(tmp_path: Path) -> None:
     assert config.server.shutdown_grace == timedelta(seconds=10)
     assert config.server.log_format == "text"
     assert config.server.event_loop == "uvloop"
+    assert config.server.max_sessions == 10
     assert config.metrics.listen == ""
     assert config.metrics.allow_remote is False
 
@@ -235,9 +236,11 @@ def test_operations_values_are_read(tmp_path: Path) -> None:
     write_config(
         tmp_path,
         '[server]\nshutdown_grace = "3s"\nlog_format = "json"\nevent_loop = "asyncio"\n'
+        "max_sessions = 4\n"
         '[metrics]\nlisten = "127.0.0.1:9464"\n',
     )
     config = load_config(tmp_path)
+    assert config.server.max_sessions == 4
     assert config.server.shutdown_grace == timedelta(seconds=3)
     assert config.server.log_format == "json"
     assert config.server.event_loop == "asyncio"
@@ -273,6 +276,9 @@ def test_metrics_off_loopback_with_allow_remote(tmp_path: Path) -> None:
         ('[server]\nshutdown_grace = "0s"\n', "server.shutdown_grace", "longer than zero"),
         ('[server]\nshutdown_grace = "1h"\n', "server.shutdown_grace", "at most 10m"),
         ("[server]\nshutdown_grace = 10\n", "server.shutdown_grace", "duration"),
+        ("[server]\nmax_sessions = 0\n", "server.max_sessions", "between 1 and 1000"),
+        ("[server]\nmax_sessions = 1001\n", "server.max_sessions", "between 1 and 1000"),
+        ('[server]\nmax_sessions = "10"\n', "server.max_sessions", "type int"),
         ('[metrics]\nlisten = "nope"\n', "metrics.listen", "HOST:PORT"),
         ('[metrics]\nallow_remote = "yes"\n', "metrics.allow_remote", "type bool"),
         ("[metrics]\nport = 9464\n", "metrics.port", "unknown key"),
