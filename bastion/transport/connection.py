@@ -56,6 +56,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self.ask_again = "ask a human for a new grant to continue"
         self.refusals: list[str] = []
         self.sessions: set[SessionRelay] = set()
+        # Sessions accepted whose channel is not open yet (asyncssh opens it in a task).
+        self._sessions_opening = 0
         self.forwards: set[ForwardRelay | PgRelay] = set()
         self.closing = False
         self.closing_reason = EndReason.CLIENT_CLOSED  # what close_all was given, once called
@@ -333,12 +335,18 @@ class GatewayConnection(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "connection is closing"
             )
         limit = self.gateway.config.server.max_sessions
-        if len(self.sessions) >= limit:
+        if len(self.sessions) + self._sessions_opening >= limit:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"too many sessions on this connection (at most {limit})",
             )
+        self._sessions_opening += 1
         return SessionRelay(self)
+
+    def session_opened(self, relay: SessionRelay) -> None:
+        """A session's channel is open: it counts among `sessions` from now on."""
+        self._sessions_opening -= 1
+        self.sessions.add(relay)
 
     def open_record(self, kind: SessionKind, command: str | None) -> Any:
         assert self.permit is not None

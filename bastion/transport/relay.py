@@ -55,7 +55,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
 
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
-        self.conn.sessions.add(self)
+        self.conn.session_opened(self)
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
         self.pty = (term_type, term_size, term_modes)

@@ -491,7 +491,7 @@ def test_sessions_on_one_connection_are_limited(
         cert = Path(f"{grant.key}-cert.pub")
         host_key = asyncssh.read_public_key(str(server.home / "keys" / "host_ed25519.pub"))
 
-        async def run() -> tuple[str, str]:
+        async def run() -> tuple[str, str, int, int]:
             async with asyncssh.connect(
                 LOOPBACK,
                 server.port,
@@ -518,15 +518,27 @@ def test_sessions_on_one_connection_are_limited(
                 again = await conn.run("echo a-slot-again", check=True)
                 for proc in held[1:]:
                     proc.close()
-                return refusal, str(again.stdout)
+                    await proc.wait_closed()
+                # Five opened at once (asyncssh opens each channel in a task of its own):
+                # three get in.
+                burst = await asyncio.gather(
+                    *[conn.create_process("sleep 2") for _ in range(5)], return_exceptions=True
+                )
+                opened = [p for p in burst if not isinstance(p, BaseException)]
+                refused = [e for e in burst if isinstance(e, asyncssh.ChannelOpenError)]
+                for proc in opened:
+                    await proc.wait_closed()
+                return refusal, str(again.stdout), len(opened), len(refused)
 
-        refusal, again = asyncio.run(run())
+        refusal, again, opened, refused = asyncio.run(run())
 
         assert refusal == "too many sessions on this connection (at most 3)"
         assert again == "a-slot-again\n"
-        records = server.ended_sessions(grant, count=4)
+        assert (opened, refused) == (3, 2)
+        records = server.ended_sessions(grant, count=7)
         assert "echo one-too-many" not in [r["command"] for r in records]  # never opened
         assert [r["command"] for r in records].count("echo a-slot-again") == 1
+        assert [r["command"] for r in records].count("sleep 2") == 3
 
         # OpenSSH's ControlMaster: the master's fourth session is refused, and the mux
         # client then connects on its own (a connection of its own has its own budget).
