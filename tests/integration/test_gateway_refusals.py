@@ -440,27 +440,33 @@ def test_sha1_key_exchange_is_refused(gateway: Server) -> None:
     assert gateway.ssh("prod-web", grant.key, "echo x").stdout == "x\n"
 
 
+def _asyncssh_connect(server: Server, grant: Grant, **options: Any) -> Any:
+    """asyncssh's client to `server` as prod-web with `grant`'s key and certificate,
+    nothing read from ~/.ssh, the host key pinned."""
+    cert = Path(f"{grant.key}-cert.pub")
+    host_key = asyncssh.read_public_key(str(server.home / "keys" / "host_ed25519.pub"))
+    return asyncssh.connect(
+        LOOPBACK,
+        server.port,
+        username="prod-web",
+        client_keys=[
+            (asyncssh.read_private_key(str(grant.key)), asyncssh.read_certificate(str(cert)))
+        ],
+        known_hosts=([host_key], [], []),
+        agent_path=None,
+        config=None,
+        **options,
+    )
+
+
 def test_post_quantum_key_exchange(gateway: Server) -> None:
     # OpenSSH 10 warns on every connection whose key exchange is not post-quantum; its
     # default is mlkem768x25519-sha256. (This machine's OpenSSH 9.2 client predates it:
     # asyncssh's client offers that one method alone.)
     grant = gateway.issue("prod-web")
-    cert = Path(f"{grant.key}-cert.pub")
-    host_key = asyncssh.read_public_key(str(gateway.home / "keys" / "host_ed25519.pub"))
 
     async def run() -> str:
-        async with asyncssh.connect(
-            LOOPBACK,
-            gateway.port,
-            username="prod-web",
-            client_keys=[
-                (asyncssh.read_private_key(str(grant.key)), asyncssh.read_certificate(str(cert)))
-            ],
-            known_hosts=([host_key], [], []),
-            agent_path=None,
-            config=None,
-            kex_algs=["mlkem768x25519-sha256"],
-        ) as conn:
+        async with _asyncssh_connect(gateway, grant, kex_algs=["mlkem768x25519-sha256"]) as conn:
             result = await conn.run("echo post-quantum", check=True)
             return str(result.stdout)
 
@@ -488,24 +494,9 @@ def test_sessions_on_one_connection_are_limited(
     server.start()
     try:
         grant = server.issue("prod-web", options=["--ttl", "5m"])
-        cert = Path(f"{grant.key}-cert.pub")
-        host_key = asyncssh.read_public_key(str(server.home / "keys" / "host_ed25519.pub"))
 
         async def run() -> tuple[str, str, int, int]:
-            async with asyncssh.connect(
-                LOOPBACK,
-                server.port,
-                username="prod-web",
-                client_keys=[
-                    (
-                        asyncssh.read_private_key(str(grant.key)),
-                        asyncssh.read_certificate(str(cert)),
-                    )
-                ],
-                known_hosts=([host_key], [], []),
-                agent_path=None,
-                config=None,
-            ) as conn:
+            async with _asyncssh_connect(server, grant) as conn:
                 held = [await conn.create_process(unique_sleep()) for _ in range(3)]
                 try:
                     await conn.run("echo one-too-many")
