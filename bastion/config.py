@@ -47,6 +47,9 @@ login_timeout = "30s"
 # Shells, commands and sftp open at once on one connection (as sshd's MaxSessions);
 # `-L` forwards are not counted.
 max_sessions = 10
+# Connections still authenticating at once (as sshd's MaxStartups): more are closed as
+# they arrive, so that a flood of idle connections can't hold the gateway's resources.
+max_startups = 100
 # On SIGTERM: live sessions are told why and closed; this bounds how long that may take.
 shutdown_grace = "10s"
 # Log lines on stderr: "text", or "json" (one object per line, for a log shipper).
@@ -154,6 +157,7 @@ class ServerConfig:
     node: str = ""
     login_timeout: timedelta = timedelta(seconds=30)
     max_sessions: int = 10
+    max_startups: int = 100
     shutdown_grace: timedelta = timedelta(seconds=10)
     log_format: str = "text"
     event_loop: str = "uvloop"
@@ -520,6 +524,8 @@ def _check_consistency(config: Config, source: Path) -> None:
         )
     if not 1 <= server.max_sessions <= 1000:
         raise ConfigError(f"'server.max_sessions' in {source} must be between 1 and 1000")
+    if not 1 <= server.max_startups <= 100_000:
+        raise ConfigError(f"'server.max_startups' in {source} must be between 1 and 100000")
     if server.shutdown_grace > MAX_SHUTDOWN_GRACE:
         raise ConfigError(f"'server.shutdown_grace' in {source} must be at most 10m")
     if config.metrics.listen:

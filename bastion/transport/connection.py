@@ -64,6 +64,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._authenticating = False  # counted in the gateway's `authenticating`
 
     # -- authentication ---------------------------------------------------------
 
@@ -73,6 +74,23 @@ class GatewayConnection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         if peer:
             self.client = f"{peer[0]}:{peer[1]}"
+        gateway = self.gateway
+        limit = gateway.config.server.max_startups
+        if gateway.authenticating >= limit:
+            now = asyncio.get_running_loop().time()
+            if now - gateway.startups_logged_at >= 60:
+                gateway.startups_logged_at = now
+                log.warning(
+                    "closing the connection from %s: %d connections are authenticating"
+                    " (server.max_startups; logged once a minute)",
+                    self.client,
+                    limit,
+                )
+            self._authenticating = False
+            conn.abort()
+            return
+        gateway.authenticating += 1
+        self._authenticating = True
         original = conn.validate_public_key
 
         async def validate_public_key(
@@ -196,6 +214,7 @@ class GatewayConnection(asyncssh.SSHServer):
         return False
 
     def auth_completed(self) -> None:
+        self._authenticated()
         self.gateway.metrics.login(accepted=True)
         if self.enrolled is not None:
             return  # no grant, no deadline: the request waits on its own timer
@@ -211,7 +230,14 @@ class GatewayConnection(asyncssh.SSHServer):
                 on_due=lambda: loop.call_soon_threadsafe(self._guard_due),
             )
 
+    def _authenticated(self) -> None:
+        """No longer counts against `server.max_startups` (authenticated, or gone)."""
+        if self._authenticating:
+            self._authenticating = False
+            self.gateway.authenticating -= 1
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._authenticated()
         self.gateway.connections.discard(self)
         self.gateway.guard.release(self)
         if self._timer is not None:

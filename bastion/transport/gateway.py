@@ -85,6 +85,10 @@ class Gateway:
         self.host_key_path = host_key_path
         self.close_grace = close_grace
         self.connections: set[GatewayConnection] = set()
+        # Connections not yet authenticated (`server.max_startups`), and when the last
+        # refusal of one was logged (one line a minute at most, in a flood).
+        self.authenticating = 0
+        self.startups_logged_at = -60.0
         self.recorders: set[SessionRelay] = set()
         # The BackendKeyData each PostgreSQL relay gave its client -> that relay.
         self.pg_backends: dict[tuple[int, bytes], PgRelay] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -545,4 +546,47 @@ def test_sessions_on_one_connection_are_limited(
         for proc in [*held, master]:
             proc.stop()
     finally:
+        server.stop()
+
+
+def test_connections_still_authenticating_are_limited(
+    sshd: Sshd,
+    target_login_key: Path,
+    echo_server: EchoServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`server.max_startups` (sshd's MaxStartups): idle TCP connections that never
+    authenticate hold their places; past the limit a new connection is closed at once.
+    Authenticated connections don't count."""
+    base = tmp_path_factory.mktemp("max-startups")
+    extra = "\n[server]\nmax_startups = 3\n"
+    server = Server(
+        make_home(base, sshd, target_login_key, echo_server.port, extra_config=extra), base
+    )
+    server.start()
+    idle: list[socket.socket] = []
+    try:
+        grant = server.issue("prod-web", options=["--ttl", "5m"])
+        # Authenticated sessions, more than the limit (one at a time): they don't count.
+        held = []
+        for count in range(1, 5):
+            held.append(server.spawn("prod-web", grant.key, unique_sleep()))
+            wait_until(lambda n=count: len(server.sessions(grant)) == n, 10)
+        idle = [socket.create_connection((LOOPBACK, server.port)) for _ in range(3)]
+        wait_until(lambda: "SSH-2.0-" in idle[-1].recv(256).decode(errors="replace"), 5)
+
+        refused = server.ssh("prod-web", grant.key, "echo refused", log_level="INFO")
+
+        assert (refused.returncode, refused.stdout) == (255, "")
+        assert "Connection closed" in refused.stderr or "reset" in refused.stderr, refused.stderr
+        assert "3 connections are authenticating (server.max_startups" in server.log()
+        for sock in idle:
+            sock.close()
+        idle = []
+        wait_until(lambda: server.ssh("prod-web", grant.key, "echo in").stdout == "in\n", 10)
+        for proc in held:
+            proc.stop()
+    finally:
+        for sock in idle:
+            sock.close()
         server.stop()

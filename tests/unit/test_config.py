@@ -228,6 +228,7 @@ def test_operations_defaults(tmp_path: Path) -> None:
     assert config.server.log_format == "text"
     assert config.server.event_loop == "uvloop"
     assert config.server.max_sessions == 10
+    assert config.server.max_startups == 100
     assert config.metrics.listen == ""
     assert config.metrics.allow_remote is False
 
@@ -236,11 +237,11 @@ def test_operations_values_are_read(tmp_path: Path) -> None:
     write_config(
         tmp_path,
         '[server]\nshutdown_grace = "3s"\nlog_format = "json"\nevent_loop = "asyncio"\n'
-        "max_sessions = 4\n"
+        "max_sessions = 4\nmax_startups = 20\n"
         '[metrics]\nlisten = "127.0.0.1:9464"\n',
     )
     config = load_config(tmp_path)
-    assert config.server.max_sessions == 4
+    assert (config.server.max_sessions, config.server.max_startups) == (4, 20)
     assert config.server.shutdown_grace == timedelta(seconds=3)
     assert config.server.log_format == "json"
     assert config.server.event_loop == "asyncio"
@@ -279,6 +280,7 @@ def test_metrics_off_loopback_with_allow_remote(tmp_path: Path) -> None:
         ("[server]\nmax_sessions = 0\n", "server.max_sessions", "between 1 and 1000"),
         ("[server]\nmax_sessions = 1001\n", "server.max_sessions", "between 1 and 1000"),
         ('[server]\nmax_sessions = "10"\n', "server.max_sessions", "type int"),
+        ("[server]\nmax_startups = 0\n", "server.max_startups", "between 1 and 100000"),
         ('[metrics]\nlisten = "nope"\n', "metrics.listen", "HOST:PORT"),
         ('[metrics]\nallow_remote = "yes"\n', "metrics.allow_remote", "type bool"),
         ("[metrics]\nport = 9464\n", "metrics.port", "unknown key"),
