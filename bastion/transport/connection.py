@@ -86,7 +86,6 @@ class GatewayConnection(asyncssh.SSHServer):
                     self.client,
                     limit,
                 )
-            self._authenticating = False
             conn.abort()
             return
         gateway.authenticating += 1
