@@ -65,12 +65,19 @@ def parse_public_key(text: str, source: str) -> SSHCertPublicKeyTypes:
         raise InvalidInput(f"{source}: is a certificate; give the plain public key")
     if isinstance(identity, dsa.DSAPublicKey):
         raise InvalidInput(f"{source}: DSA keys are obsolete; use an Ed25519 key")
-    if isinstance(identity, rsa.RSAPublicKey) and identity.key_size < MIN_RSA_BITS:
+    weak = too_weak(identity)
+    if weak is not None:
         raise InvalidInput(
-            f"{source}: a {identity.key_size}-bit RSA key is too weak; use an Ed25519 key"
-            f" or RSA of at least {MIN_RSA_BITS} bits"
+            f"{source}: {weak}; use an Ed25519 key or RSA of at least {MIN_RSA_BITS} bits"
         )
     return identity
+
+
+def too_weak(key: object) -> str | None:
+    """Why `key` is too weak to accept ("a 1024-bit RSA key is too weak"), or None."""
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        return f"a {key.key_size}-bit RSA key is too weak"
+    return None
 
 
 def read_public_key(path: Path) -> SSHCertPublicKeyTypes:

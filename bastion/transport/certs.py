@@ -10,13 +10,12 @@ import base64
 import hashlib
 from datetime import UTC, datetime
 
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import (
     SSHCertificate,
     load_ssh_public_identity,
 )
 
-from bastion.keyfiles import MIN_RSA_BITS, fingerprint
+from bastion.keyfiles import MIN_RSA_BITS, fingerprint, too_weak
 from bastion.models import PresentedCertificate
 
 _FOREVER = 2**64 - 1
@@ -43,9 +42,8 @@ def weak_key(key_data: bytes, cert: SSHCertificate | None) -> str | None:
     `MIN_RSA_BITS` (as `bastion grant issue` and enrollment refuse it, for certificates
     signed before they did). The key is the certificate's, or the plain key's."""
     key = cert.public_key() if cert is not None else _identity(key_data)
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        return f"a {key.key_size}-bit RSA key is too weak (at least {MIN_RSA_BITS} bits)"
-    return None
+    weak = too_weak(key)
+    return None if weak is None else f"{weak} (at least {MIN_RSA_BITS} bits)"
 
 
 def presented(cert: SSHCertificate) -> PresentedCertificate:
