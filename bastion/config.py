@@ -13,14 +13,16 @@ import os
 import socket
 import tomllib
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bastion.cmdpolicy import DEFAULT_RULES, CommandRule, parse_rule
 from bastion.errors import ConfigError, InvalidInput
+from bastion.models import Node
 from bastion.requestpolicy import AutoApproval, TargetRequestPolicy, parse_hours
 from bastion.sqlclass import DEFAULT_RULES as DEFAULT_STATEMENT_RULES
 from bastion.sqlclass import StatementRule
@@ -92,6 +94,8 @@ clock_skew = "60s"
 [approvals]
 # How long a command waits for a human's `bastion approvals approve`.
 timeout = "5m"
+# While it waits, the client is reminded this often (stderr, or a PostgreSQL NOTICE).
+remind_every = "30s"
 # Commands that need approval before an `exec` runs, on every target unless a
 # [targets.NAME] table says otherwise. Leave unset for the built-in list
 # (rm -r, dd, mkfs*, shutdown, reboot, systemctl stop, kill -9, ...); see README.
@@ -119,7 +123,8 @@ timeout = "10m"
 # ask for (an agent's --max-ttl and a target's request_max_ttl may be shorter).
 default_ttl = "30m"
 max_ttl = "1h"
-# Told of every new request and decision (JSON); a failure is logged, never blocks.
+# Told of every new request and decision, and of every approval a command or
+# statement waits for and its decision (JSON); a failure is logged, never blocks.
 # webhook = "https://chat.example.com/hooks/bastion"   # HTTP POST
 # command = ["/usr/local/bin/notify-chat"]            # the event's JSON on stdin
 hook_timeout = "5s"
@@ -178,6 +183,28 @@ class ServerConfig:
             return split_host_port(self.advertise, "server.advertise")
         return self.listen_host_port
 
+    def client_address(self, nodes: Sequence[Node], now: datetime) -> tuple[str, int]:
+        """Where an agent should connect, for the `ssh` lines the CLI prints.
+
+        `advertise` when set; else the address a live node really listens on (the store
+        knows each node's bound address: `serve --listen` may differ from this file),
+        this host's node first, a wildcard listen replaced by that node's name; else
+        this file's `listen`.
+        """
+        if self.advertise:
+            return self.advertised_host_port
+        alive = [n for n in nodes if n.state(now, self.node_timeout) == "alive"]
+        alive.sort(key=lambda n: (n.name != self.node_name, -n.heartbeat_at.timestamp()))
+        for node in alive:
+            try:
+                host, port = split_host_port(node.address, "node address")
+            except ConfigError:
+                continue
+            if host in WILDCARD_HOSTS:
+                host = node.name
+            return host, port
+        return self.listen_host_port
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -208,6 +235,8 @@ class GrantsConfig:
 @dataclass(frozen=True)
 class ApprovalsConfig:
     timeout: timedelta = timedelta(minutes=5)
+    # How often a client held for approval is reminded that it waits, and for what.
+    remind_every: timedelta = timedelta(seconds=30)
     # None: the built-in rules of `cmdpolicy.DEFAULT_RULES`.
     commands: tuple[CommandRule, ...] | None = None
     # None: the built-in rules of `sqlclass.DEFAULT_RULES`.
@@ -347,6 +376,10 @@ _RULE_LISTS = {"commands"}
 _STATEMENT_LISTS = {"statements"}
 _STRING_LISTS = {"databases", "command", "auto_approve_agents"}
 _OPTIONAL_DURATIONS = {"request_max_ttl", "auto_approve_max_ttl"}
+
+
+# Listen addresses that name no one host: a client can't connect to them as written.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 def split_host_port(value: str, key: str, source: Path | None = None) -> tuple[str, int]:

@@ -581,8 +581,12 @@ class Bastion:
             pub_path.unlink(missing_ok=True)
             raise
 
+    def client_address(self) -> tuple[str, int]:
+        """The bastion's address for agents: `server.advertise`, else a live node's."""
+        return self.home.config.server.client_address(self.store.list_nodes(), self.clock.now())
+
     def ssh_lines(self, targets: list[Target], key_path: Path | None) -> tuple[str, ...]:
-        host, port = self.home.config.server.advertised_host_port
+        host, port = self.client_address()
         key = f" -i {key_path}" if key_path else ""
         lines = []
         for target in targets:

@@ -60,7 +60,7 @@ def agent_enroll(
     if as_json:
         click.echo(render.to_json(enrolled.to_dict()))
         return
-    host, port = obj.home().config.server.advertised_host_port
+    host, port = _call(obj, lambda r: r.bastion.client_address())
     click.echo(f"enrolled {enrolled.name} ({enrolled.key_fingerprint})")
     click.echo(f"  may request: {_may(enrolled)}")
     click.echo(

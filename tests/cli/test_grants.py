@@ -704,3 +704,44 @@ def test_bad_actor_name(home: Path, name: str) -> None:
     assert result.exit_code == 2
     assert "--as" in result.stderr
     assert snapshot(home) == before
+
+
+def _register_node(home: Path, name: str, address: str, heartbeat: datetime) -> None:
+    store = SqliteStore(home / "state.db")
+    try:
+        with store.transaction() as tx:
+            tx.register_node(name, address, heartbeat)
+    finally:
+        store.close()
+
+
+def test_ssh_lines_name_the_address_a_live_node_listens_on(
+    home: Path, web: str, agent_key: Path
+) -> None:
+    # `scripts/serve --listen 127.0.0.1:22222` overrides bastion.toml's 2222: the node
+    # registered what it bound, and that is what an agent must be told.
+    (home / "bastion.toml").write_text("[server]\nnode = 'here'\n")
+    now = datetime.now(UTC)
+    _register_node(home, "elsewhere", "127.0.0.1:40001", now)
+    _register_node(home, "here", "127.0.0.1:22222", now - timedelta(seconds=1))
+    assert issue(home, **{"--pubkey": pub(agent_key)})["ssh"] == [
+        f"ssh -p 22222 -i {agent_key} prod-web@127.0.0.1"
+    ]
+
+
+def test_ssh_lines_skip_a_silent_node_and_name_a_wildcard_nodes_host(
+    home: Path, web: str, agent_key: Path
+) -> None:
+    now = datetime.now(UTC)
+    _register_node(home, "gone", "127.0.0.1:40002", now - timedelta(hours=1))
+    assert issue(home, **{"--pubkey": pub(agent_key)})["ssh"] == [
+        f"ssh -p 2222 -i {agent_key} prod-web@127.0.0.1"  # bastion.toml's listen
+    ]
+    _register_node(home, "bastion-2.internal", "0.0.0.0:2200", now)
+    assert issue(home, **{"--pubkey": pub(agent_key)})["ssh"] == [
+        f"ssh -p 2200 -i {agent_key} prod-web@bastion-2.internal"
+    ]
+    (home / "bastion.toml").write_text("[server]\nadvertise = 'bastion.example:22'\n")
+    assert issue(home, **{"--pubkey": pub(agent_key)})["ssh"] == [
+        f"ssh -p 22 -i {agent_key} prod-web@bastion.example"  # advertise wins over nodes
+    ]
