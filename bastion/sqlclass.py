@@ -16,8 +16,10 @@ Rules, by name, as `bastion.toml` spells them. Default (`DEFAULT_RULES`):
   drop                  DROP of any object (TABLE, INDEX, SCHEMA, DATABASE, ROLE, OWNED, ...)
   truncate              TRUNCATE, in a transaction or not
   delete-without-where  DELETE with no WHERE clause (`WHERE true` counts as a WHERE: only the
-                        absence is detected)
-  update-without-where  UPDATE with no WHERE clause (likewise)
+                        absence is detected); MERGE with any DELETE action (its ON
+                        condition bounds nothing: `ON true` matches every row)
+  update-without-where  UPDATE with no WHERE clause (likewise); MERGE with an UPDATE action
+                        that has no condition of its own (`WHEN MATCHED AND ... THEN UPDATE`)
   alter-drop            ALTER subcommands spelled DROP: ALTER TABLE/FOREIGN TABLE/TYPE ... DROP
                         COLUMN|ATTRIBUTE|CONSTRAINT, ALTER COLUMN ... DROP DEFAULT|NOT NULL|
                         EXPRESSION|IDENTITY; ALTER DOMAIN, EXTENSION, OPERATOR FAMILY,
@@ -144,6 +146,38 @@ def _without_where(t: str, f: _Fields, _: str) -> str | None:
     return None if "whereClause" in f else f"{_kind(t, f)} without WHERE"
 
 
+_MERGE_WHEN = {
+    "MERGE_WHEN_MATCHED": "WHEN MATCHED",
+    "MERGE_WHEN_NOT_MATCHED_BY_SOURCE": "WHEN NOT MATCHED BY SOURCE",
+    "MERGE_WHEN_NOT_MATCHED_BY_TARGET": "WHEN NOT MATCHED",
+}
+
+
+def _merge_actions(command: str, unbounded_only: bool) -> _Matcher:
+    """A MERGE's DELETE (or UPDATE) actions. Its join condition bounds nothing the way a
+    WHERE does (`ON true`, or a source that is the table itself, matches every row), so
+    every DELETE action counts as unbounded, and an UPDATE action unless it has a
+    condition of its own (`WHEN MATCHED AND ... THEN UPDATE`, like `UPDATE ... WHERE`)."""
+    verb = command.removeprefix("CMD_")
+
+    def match(t: str, f: _Fields, _: str) -> str | None:
+        for clause in f.get("mergeWhenClauses", ()):
+            _, when = _typed(clause)
+            if when.get("commandType") != command:
+                continue
+            if unbounded_only and command == "CMD_UPDATE" and "condition" in when:
+                continue
+            which = _MERGE_WHEN.get(when.get("matchKind", ""), "WHEN MATCHED")
+            return f"MERGE ... {which} THEN {verb}"
+        return None
+
+    return match
+
+
+def _either(merge: _Matcher, other: _Matcher) -> _Matcher:
+    return lambda t, f, kind: merge(t, f, kind) if t == "MergeStmt" else other(t, f, kind)
+
+
 _ALTER_TABLE_DROPS = {
     "AT_DropColumn": "DROP COLUMN",
     "AT_DropConstraint": "DROP CONSTRAINT",
@@ -225,8 +259,17 @@ class _Rule(NamedTuple):
 
 
 _GRANTS = _names("GrantStmt GrantRoleStmt AlterDefaultPrivilegesStmt")
-_ANY_DELETE = _Rule(_names("DeleteStmt"), ("delete",), _kind_of)
-_ANY_UPDATE = _Rule(_names("UpdateStmt"), ("update",), _kind_of)
+# MERGE's DELETE and UPDATE actions count as DELETE and UPDATE statements.
+_ANY_DELETE = _Rule(
+    _names("DeleteStmt MergeStmt"),
+    ("delete",),
+    _either(_merge_actions("CMD_DELETE", False), _kind_of),
+)
+_ANY_UPDATE = _Rule(
+    _names("UpdateStmt MergeStmt"),
+    ("update",),
+    _either(_merge_actions("CMD_UPDATE", False), _kind_of),
+)
 _RULES: dict[str, _Rule] = {
     "drop": _Rule(
         _names("""DropStmt DropdbStmt DropRoleStmt DropTableSpaceStmt DropOwnedStmt
@@ -235,8 +278,12 @@ _RULES: dict[str, _Rule] = {
         _kind_of,
     ),
     "truncate": _Rule(_names("TruncateStmt"), ("truncate",), _always("TRUNCATE")),
-    "delete-without-where": _ANY_DELETE._replace(match=_without_where),
-    "update-without-where": _ANY_UPDATE._replace(match=_without_where),
+    "delete-without-where": _ANY_DELETE._replace(
+        match=_either(_merge_actions("CMD_DELETE", True), _without_where)
+    ),
+    "update-without-where": _ANY_UPDATE._replace(
+        match=_either(_merge_actions("CMD_UPDATE", True), _without_where)
+    ),
     "alter-drop": _Rule(
         _names("""AlterTableCmd DefElem AlterDomainStmt AlterExtensionContentsStmt
         AlterOpFamilyStmt AlterPublicationStmt AlterSubscriptionStmt AlterTSConfigurationStmt

@@ -354,6 +354,28 @@ def test_denied_drop_returns_42501_and_the_next_query_works(
     assert pg.approval_record(pg_gateway, approval_id)["state"] == "denied"
 
 
+@pytest.mark.parametrize(
+    "merge",
+    [
+        "MERGE INTO {t} USING {t} s ON true WHEN MATCHED THEN DELETE",
+        "MERGE INTO {t} USING (SELECT 1) s ON true WHEN MATCHED THEN UPDATE SET v = 'gone'",
+    ],
+    ids=["delete", "update"],
+)
+def test_a_merge_that_empties_or_rewrites_a_table_waits_for_approval(
+    pg_gateway: Server, tunnel: pg.Tunnel, table: str, postgres: Postgres, merge: str
+) -> None:
+    """PostgreSQL 15 runs these as written; denied, the table is as it was."""
+    with pg.connection(tunnel.port, autocommit=True) as conn, ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(conn.execute, merge.format(t=table))
+        approval = pg.pending_approval(pg_gateway, tunnel.grant)
+        assert approval["reasons"][0].startswith("MERGE ... WHEN MATCHED THEN ")
+        deny(pg_gateway, approval["id"], "not today")
+        with pytest.raises(errors.InsufficientPrivilege):
+            waiting.result(timeout=10)
+    assert rows_of(postgres, f"SELECT count(*) FROM {table} WHERE v LIKE 'v%'") == ["3"]
+
+
 def test_unanswered_approval_times_out_with_42501(
     pg_gateway: Server, tunnel: pg.Tunnel, table: str, postgres: Postgres
 ) -> None:

@@ -91,7 +91,13 @@ ALLOWED = [
     ("VACUUM (ANALYZE) t", ("VACUUM",)),
     ("ANALYZE t", ("ANALYZE",)),
     ("CREATE EXTENSION pgcrypto", ("CREATE EXTENSION",)),
-    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", ("MERGE",)),
+    ("MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (1)", ("MERGE",)),
+    (
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED AND s.v <> t.v THEN UPDATE SET v = s.v"
+        " WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v)",
+        ("MERGE",),
+    ),
+    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING", ("MERGE",)),
     ("SELECT * INTO t2 FROM t", ("SELECT INTO",)),
     ("CREATE TABLE t2 AS SELECT * FROM t", ("CREATE TABLE AS",)),
     ("CREATE MATERIALIZED VIEW v AS SELECT 1", ("CREATE MATERIALIZED VIEW",)),
@@ -146,6 +152,29 @@ NEEDS_APPROVAL = [
     ("DELETE FROM t RETURNING *", ("DELETE without WHERE",)),
     ("UPDATE t SET x = 1", ("UPDATE without WHERE",)),
     ("UPDATE t SET x = 1 FROM u", ("UPDATE without WHERE",)),
+    # MERGE's ON bounds nothing (ON true, or the table as its own source, matches every row):
+    # any DELETE action, and an UPDATE action with no condition of its own, are unbounded.
+    (
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        ("MERGE ... WHEN MATCHED THEN DELETE",),
+    ),
+    (
+        "merge into t using t u on true when matched and t.a > 0 then delete",
+        ("MERGE ... WHEN MATCHED THEN DELETE",),
+    ),
+    (
+        "MERGE INTO t USING s ON true WHEN MATCHED THEN UPDATE SET v = 0",
+        ("MERGE ... WHEN MATCHED THEN UPDATE",),
+    ),
+    (
+        "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (1)"
+        " WHEN MATCHED THEN UPDATE SET v = s.v",
+        ("MERGE ... WHEN MATCHED THEN UPDATE",),
+    ),
+    (
+        "WITH s AS (SELECT id FROM t) MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        ("MERGE ... WHEN MATCHED THEN DELETE",),
+    ),
     ("ALTER TABLE t DROP COLUMN c", ("ALTER TABLE ... DROP COLUMN",)),
     ("ALTER TABLE t DROP c", ("ALTER TABLE ... DROP COLUMN",)),
     ("ALTER TABLE IF EXISTS t DROP CONSTRAINT k", ("ALTER TABLE ... DROP CONSTRAINT",)),
@@ -481,9 +510,18 @@ OPT_IN_CASES = [
     ),
     (
         "merge",
-        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
-        ("MERGE: MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",),
+        "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (1)",
+        ("MERGE: MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (1)",),
         "SELECT 1",
+    ),
+    (
+        "update",
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED AND s.v > 0 THEN UPDATE SET v = 1",
+        (
+            "MERGE ... WHEN MATCHED THEN UPDATE: "
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED AND s.v > 0 THEN UPDATE SET v = 1",
+        ),
+        "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (1)",
     ),
     (
         "create-extension",
