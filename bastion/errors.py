@@ -54,3 +54,9 @@ class VerificationFailed(BastionError):
     """An integrity check (the audit chain, a recording) found tampering or loss."""
 
     exit_code = 8
+
+
+class TargetCheckFailed(BastionError):
+    """Registering a target: the one connection made to check it failed (nothing stored)."""
+
+    exit_code = 9

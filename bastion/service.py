@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import asyncssh
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import SSHCertPublicKeyTypes
 
-from bastion import policy
+from bastion import knownhosts, policy
 from bastion.auditchain import first_broken
 from bastion.ca import CertificateAuthority, CertificateRequest
 from bastion.clock import Clock
@@ -120,6 +121,20 @@ class RecordingCheck:
 class AuditVerification:
     events: int
     last_hash: str | None
+
+
+class TargetCheck(Protocol):
+    """One connection to a target as the gateway makes it, before the target is stored.
+
+    Each call raises `TargetCheckFailed` with the reason; the implementation is the
+    gateway's own upstream code (`transport/probe.py`), handed in by the caller.
+    """
+
+    def check_ssh(self, target: Target, secret: TargetSecret) -> None: ...
+
+    def check_postgres(self, target: Target, secret: TargetSecret) -> None: ...
+
+    def scan_host_key(self, host: str, port: int, key_type: str | None) -> str: ...
 
 
 def initialize(home: Home, clock: Clock, actor: str, passphrase: bytes | None) -> InitReport:
@@ -337,15 +352,26 @@ class Bastion:
     # -- targets --------------------------------------------------------------
 
     def add_ssh_target(
-        self, name: str, host: str, port: int, user: str, identity: Path, host_key: str
+        self,
+        name: str,
+        host: str,
+        port: int,
+        user: str,
+        identity: Path,
+        host_key: str,
+        *,
+        check: TargetCheck | None,
+        host_key_type: str | None = None,
     ) -> Target:
+        """Register an SSH target. With `check`, it is first connected to once (host key,
+        login) and refused if that fails; `check=None` is `--no-check`, on purpose."""
         policy.check_target_name(name)
         _check_host(host)
         policy.check_port(port)
         if not user:
             raise InvalidInput("--user must not be empty")
         secret = _read_identity(identity)
-        pinned = _read_host_key(host_key)
+        pinned = _read_host_key(host_key, host, port, host_key_type)
         target = Target(
             name=name,
             kind=TargetKind.SSH,
@@ -356,7 +382,10 @@ class Bastion:
             created_at=self.clock.now(),
             created_by=self.actor,
         )
-        self._insert_target(target, secret)
+        self._check_name_free(name)
+        if check is not None:
+            check.check_ssh(target, secret)
+        self._insert_target(target, secret, checked=check is not None)
         return target
 
     def add_postgres_target(
@@ -369,7 +398,11 @@ class Bastion:
         password: str,
         sslmode: SslMode = SslMode.DISABLE,
         sslrootcert: Path | None = None,
+        *,
+        check: TargetCheck | None,
     ) -> Target:
+        """Register a PostgreSQL target; `check` as for `add_ssh_target` (TLS as `sslmode`
+        says, the login, the database)."""
         policy.check_target_name(name)
         _check_host(host)
         policy.check_port(port)
@@ -396,17 +429,25 @@ class Bastion:
             created_at=self.clock.now(),
             created_by=self.actor,
         )
-        self._insert_target(target, TargetSecret(password))
+        secret = TargetSecret(password)
+        self._check_name_free(name)
+        if check is not None:
+            check.check_postgres(target, secret)
+        self._insert_target(target, secret, checked=check is not None)
         return target
 
-    def _insert_target(self, target: Target, secret: TargetSecret) -> None:
+    def _check_name_free(self, name: str) -> None:
+        # Before the check connects anywhere; `_insert_target` asks again, authoritatively.
+        if self.store.get_target(name) is not None:
+            raise AlreadyExists(f"target {name!r} already exists")
+
+    def _insert_target(self, target: Target, secret: TargetSecret, *, checked: bool) -> None:
+        details = {**self._audit_details_target(target), "checked": checked}
         with self.store.transaction() as tx:
             if tx.get_target(target.name) is not None:
                 raise AlreadyExists(f"target {target.name!r} already exists")
             tx.insert_target(target, secret)
-            tx.append_audit(
-                target.created_at, self.actor, "target.added", self._audit_details_target(target)
-            )
+            tx.append_audit(target.created_at, self.actor, "target.added", details)
 
     def list_targets(self) -> list[Target]:
         return self.store.list_targets()
@@ -593,7 +634,7 @@ class Bastion:
             if target.kind is TargetKind.POSTGRES:
                 lines.append(
                     f"ssh -p {port}{key} -N -L 15432:{target.name}:5432 {target.name}@{host}"
-                    f"   # then: psql -h 127.0.0.1 -p 15432"
+                    f"   # then: psql -h 127.0.0.1 -p 15432 -d {target.database}"
                 )
             else:
                 lines.append(f"ssh -p {port}{key} {target.name}@{host}")
@@ -996,11 +1037,17 @@ def _read_identity(path: Path) -> TargetSecret:
     return TargetSecret(data.decode("ascii", errors="strict"))
 
 
-def _read_host_key(value: str) -> str:
-    """A pinned host key: an OpenSSH public key line or a `.pub` file holding one."""
+def _read_host_key(value: str, host: str, port: int, key_type: str | None) -> str:
+    """The host key to pin: from a known_hosts file (`ssh-keyscan`'s output), a `.pub`
+    file or a literal key line; the one for `host:port`, of `key_type` or the strongest."""
     path = Path(value)
     if not value.lstrip().startswith(("ssh-", "ecdsa-", "sk-")) and path.is_file():
-        key = read_public_key(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise InvalidInput(f"can't read --host-key {path}: {reason}") from None
+        source = str(path)
     else:
-        key = parse_public_key(value, "--host-key")
-    return public_line(key)
+        text, source = value, "--host-key"
+    return knownhosts.select_host_key(text, source, host, port, key_type).public_line

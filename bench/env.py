@@ -301,6 +301,8 @@ class World:
                 "--user", peers.Sshd.UNPRIVILEGED_USER,
                 "--identity", str(self.upstream_key),
                 "--host-key", self.sshd.host_pub,
+                # The relay target is a byte source, not sshd: registered unchecked.
+                *(["--no-check"] if name == RELAY_TARGET else []),
             )  # fmt: skip
         if self.pg is not None:
             self.bastion_cli(
@@ -314,6 +316,7 @@ class World:
                 "--user", peers.Sshd.UNPRIVILEGED_USER,
                 "--identity", str(self.upstream_key),
                 "--host-key", self.sshd.host_pub,
+                "--no-check",  # PostgreSQL's port, relayed as bytes: not an SSH server
             )  # fmt: skip
             targets += [PG_TARGET, PG_BYTES_TARGET]
         self.targets = targets

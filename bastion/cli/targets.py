@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
 
-from bastion import render
-from bastion.cli.base import CliContext, cli, json_option, pass_cli
+from bastion import knownhosts, render
+from bastion.cli.base import CliContext, F, cli, json_option, pass_cli
 from bastion.errors import InvalidInput
+from bastion.keyfiles import parse_public_key
 from bastion.models import SslMode, Target
+from bastion.service import TargetCheck
 
 # -- targets ------------------------------------------------------------------
 
@@ -18,6 +21,14 @@ from bastion.models import SslMode, Target
 @cli.group()
 def target() -> None:
     """Register the hosts and databases agents may reach."""
+
+
+def _no_check_option(func: F) -> F:
+    return click.option(
+        "--no-check",
+        is_flag=True,
+        help="Register the target without connecting to it first (it may be unreachable now).",
+    )(func)
 
 
 @target.command("add-ssh")
@@ -33,10 +44,22 @@ def target() -> None:
 )
 @click.option(
     "--host-key",
-    required=True,
-    metavar="PUBKEY",
-    help="The target's host key, pinned: an OpenSSH public key line or a .pub file.",
+    metavar="FILE|LINE",
+    help="The target's host key, pinned: a known_hosts file (ssh-keyscan's output), "
+    "a .pub file or an OpenSSH public key line.",
 )
+@click.option(
+    "--host-key-type",
+    type=click.Choice(list(knownhosts.HOST_KEY_TYPES)),
+    help="Which of the host's keys to pin (default: the strongest, ed25519 > ecdsa > rsa).",
+)
+@click.option(
+    "--scan",
+    is_flag=True,
+    help="Fetch the host key from the target, show its fingerprint and ask to trust it.",
+)
+@click.option("--yes", is_flag=True, help="With --scan: trust the fingerprint shown, don't ask.")
+@_no_check_option
 @json_option
 @pass_cli
 def target_add_ssh(
@@ -46,16 +69,57 @@ def target_add_ssh(
     port: int,
     user: str,
     identity: Path,
-    host_key: str,
+    host_key: str | None,
+    host_key_type: str | None,
+    scan: bool,
+    yes: bool,
+    no_check: bool,
     as_json: bool,
 ) -> None:
-    """Add an SSH target."""
+    """Add an SSH target; it is connected to once first (host key, login), unless --no-check."""
+    if scan == (host_key is not None):
+        raise InvalidInput("give exactly one of --host-key or --scan")
+    if yes and not scan:
+        raise InvalidInput("--yes only goes with --scan")
+    check = None if no_check else _target_check()
+    if scan:
+        host_key = _scan_and_confirm(check or _target_check(), host, port, host_key_type, yes)
+    assert host_key is not None
     service = obj.bastion()
     try:
-        added = service.add_ssh_target(name, host, port, user, identity, host_key)
+        added = service.add_ssh_target(
+            name, host, port, user, identity, host_key, check=check, host_key_type=host_key_type
+        )
     finally:
         service.close()
-    _show_target(added, as_json, verb="added")
+    _show_target(added, as_json, verb="added", checked=check is not None)
+
+
+def _target_check() -> TargetCheck:
+    # The gateway's own upstream code, composed by the daemon (the CLI can't import transport).
+    from bastion.daemon import target_check
+
+    return target_check()
+
+
+def _scan_and_confirm(
+    check: TargetCheck, host: str, port: int, key_type: str | None, yes: bool
+) -> str:
+    """The host key `host:port` offers, once a human (or --yes) has seen its fingerprint."""
+    line = check.scan_host_key(host, port, key_type)
+    key = parse_public_key(line, "the scanned host key")
+    shown = knownhosts.describe(key, knownhosts.lookup_name(host, port))
+    # On stderr, so that --json keeps stdout for the target alone.
+    click.echo(f"{host}:{port} offers host key {shown}", err=True)
+    if yes:
+        return line
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise InvalidInput(
+            "--scan: confirm the host key with --yes (no terminal to ask on); nothing was stored"
+        )
+    if not click.confirm("Trust this host key?", default=False, err=True, prompt_suffix=" "):
+        raise InvalidInput("host key not trusted; nothing was stored")
+    return line
 
 
 @target.command("add-postgres")
@@ -81,6 +145,7 @@ def target_add_ssh(
     type=click.Path(path_type=Path, dir_okay=False),
     help="CA certificate to verify the server with (verify-full).",
 )
+@_no_check_option
 @json_option
 @pass_cli
 def target_add_postgres(
@@ -94,18 +159,24 @@ def target_add_postgres(
     password_env: str | None,
     sslmode: str,
     sslrootcert: Path | None,
+    no_check: bool,
     as_json: bool,
 ) -> None:
-    """Add a PostgreSQL target; the bastion injects its credentials."""
+    """Add a PostgreSQL target; the bastion injects its credentials.
+
+    It is connected to once first (TLS as --sslmode says, the login, the database),
+    unless --no-check.
+    """
     password = _read_password(password_file, password_env)
+    check = None if no_check else _target_check()
     service = obj.bastion()
     try:
         added = service.add_postgres_target(
-            name, host, port, database, user, password, SslMode(sslmode), sslrootcert
+            name, host, port, database, user, password, SslMode(sslmode), sslrootcert, check=check
         )
     finally:
         service.close()
-    _show_target(added, as_json, verb="added")
+    _show_target(added, as_json, verb="added", checked=check is not None)
 
 
 def _read_password(password_file: Path | None, password_env: str | None) -> str:
@@ -176,11 +247,18 @@ def target_remove(obj: CliContext, name: str, force: bool) -> None:
     click.echo(f"removed target {name}")
 
 
-def _show_target(t: Target, as_json: bool, verb: str | None = None) -> None:
+def _show_target(
+    t: Target, as_json: bool, verb: str | None = None, checked: bool | None = None
+) -> None:
     if as_json:
         click.echo(render.to_json(t.public_dict()))
         return
     if verb:
         click.echo(f"{verb} {t.kind.value} target {t.name}")
+    if checked is True:
+        what = "host key and login" if t.kind.value == "ssh" else "TLS, login and database"
+        click.echo(f"checked: {what} work from here")
+    elif checked is False:
+        click.echo("not checked (--no-check): nothing connected to the target")
     pairs: list[tuple[str, object]] = [(k, v) for k, v in t.public_dict().items() if v is not None]
     click.echo(render.fields(pairs))

@@ -74,13 +74,14 @@ async def connect(
             f"target {target.name} refused the bastion's login {target.user!r}"
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        reason = _reason(exc)
+        reason = describe_error(exc)
         raise UpstreamError(
             f"can't reach target {target.name} ({target.host}:{target.port}): {reason}"
         ) from None
 
 
-def _reason(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (for one-line messages)."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, TimeoutError):

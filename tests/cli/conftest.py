@@ -92,7 +92,7 @@ def add_ssh_target(home: Path, name: str, *extra: str) -> None:
         home,
         *("target", "add-ssh", name, "--host", "127.0.0.1", "--port", "2201"),
         *("--user", "deploy", "--identity", str(identity)),
-        *("--host-key", str(pub(keys / f"{name}-host")), *extra),
+        *("--host-key", str(pub(keys / f"{name}-host")), "--no-check", *extra),
     )
 
 
@@ -103,6 +103,7 @@ def add_postgres_target(home: Path, name: str, password: str = "app-s3cret") -> 
         home,
         *("target", "add-postgres", name, "--host", "127.0.0.1", "--port", "5432"),
         *("--database", "appdb", "--user", "app", "--password-file", str(password_file)),
+        "--no-check",
     )
 
 

@@ -367,7 +367,7 @@ def test_several_targets(home: Path, web: str, db: str, agent_key: Path) -> None
     assert data["targets"] == ["prod-db", "prod-web"]
     assert data["ssh"] == [
         f"ssh -p 2222 -i {agent_key} -N -L 15432:prod-db:5432 prod-db@127.0.0.1"
-        "   # then: psql -h 127.0.0.1 -p 15432",
+        "   # then: psql -h 127.0.0.1 -p 15432 -d appdb",
         f"ssh -p 2222 -i {agent_key} prod-web@127.0.0.1",
     ]
 
@@ -674,6 +674,7 @@ def test_as_name_is_recorded_as_the_actor(home: Path, agent_key: Path, tmp_path:
         home,
         *("--as", "alice@ops", "target", "add-postgres", "prod-db", "--host", "127.0.0.1"),
         *("--database", "appdb", "--user", "app", "--password-file", str(password_file)),
+        "--no-check",
     )
     grant_id = ok_json(
         home, "--as", "bob", *issue_args(**{"--pubkey": pub(agent_key), "--target": "prod-db"})

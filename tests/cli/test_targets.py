@@ -47,7 +47,10 @@ def add_ssh(home: Path, keys: Path, name: str = "prod-web", **options: str) -> l
         "--host-key": str(pub(keys / "host")),
         **options,
     }
-    return ["target", "add-ssh", name, *[item for pair in args.items() for item in pair]]
+    # Nothing listens at these addresses: the registration check is tested against real
+    # peers in tests/integration/test_target_checks.py.
+    items = [item for pair in args.items() for item in pair]
+    return ["target", "add-ssh", name, *items, "--no-check"]
 
 
 def add_pg(home: Path, name: str = "prod-db", **options: str) -> list[str]:
@@ -59,7 +62,8 @@ def add_pg(home: Path, name: str = "prod-db", **options: str) -> list[str]:
         **options,
     }
     args = {k: v for k, v in args.items() if v is not None}
-    return ["target", "add-postgres", name, *[item for pair in args.items() for item in pair]]
+    items = [item for pair in args.items() for item in pair]
+    return ["target", "add-postgres", name, *items, "--no-check"]
 
 
 @pytest.fixture
@@ -106,6 +110,44 @@ def test_host_key_as_a_line(home: Path, keys: Path) -> None:
     assert ok_json(home, "target", "show", "prod-web")["host_key"] == " ".join(line.split()[:2])
 
 
+def test_host_key_from_keyscan_output(home: Path, keys: Path, tmp_path: Path) -> None:
+    # What `ssh-keyscan -p 2201 127.0.0.1` writes, and a line for another port.
+    ed = " ".join(pub(keys / "host").read_text().split()[:2])
+    other = " ".join(pub(make_key(tmp_path / "more", "port22")).read_text().split()[:2])
+    scanned = tmp_path / "web.keys"
+    scanned.write_text(
+        f"# 127.0.0.1:2201 SSH-2.0-OpenSSH_9.2p1\n[127.0.0.1]:2201 {ed}\n[127.0.0.1]:22 {other}\n"
+    )
+    out = ok(home, *add_ssh(home, keys, **{"--host-key": str(scanned)})).stdout
+    assert "not checked (--no-check): nothing connected to the target" in out
+    assert ok_json(home, "target", "show", "prod-web")["host_key"] == ed
+
+    result = run(home, *add_ssh(home, keys, "web2", **{"--host-key": str(scanned), "--port": "23"}))
+    assert_error(result, INVALID_INPUT, f"{scanned}: no key for [127.0.0.1]:23 (its 2 known_hosts")
+    args = add_ssh(home, keys, "web3", **{"--host-key": str(scanned)})
+    result = run(home, *args, "--host-key-type", "ecdsa-sha2-nistp256")
+    assert_error(
+        result, INVALID_INPUT, f"{scanned}: no ecdsa-sha2-nistp256 key (it has ssh-ed25519)"
+    )
+
+
+def test_scan_options_are_checked_first(home: Path, keys: Path) -> None:
+    before = snapshot(home)
+    result = run(home, *add_ssh(home, keys), "--scan")
+    assert_error(result, INVALID_INPUT, "give exactly one of --host-key or --scan")
+    assert_error(run(home, *add_ssh(home, keys), "--yes"), INVALID_INPUT, "--yes only goes with")
+    assert snapshot(home) == before
+
+
+def test_the_check_refuses_an_unreachable_target(home: Path, keys: Path) -> None:
+    # Nothing listens on port 1 of the loopback: the check's connection is refused.
+    args = [a for a in add_ssh(home, keys, **{"--port": "1"}) if a != "--no-check"]
+    before = snapshot(home)
+    line = assert_error(run(home, *args), 9, "can't reach target prod-web (127.0.0.1:1)")
+    assert line.endswith("; nothing was stored (--no-check adds it without connecting)")
+    assert snapshot(home) == before
+
+
 def test_port_defaults_to_22(home: Path, keys: Path) -> None:
     args = add_ssh(home, keys)
     del args[5:7]  # --port 2201
@@ -118,7 +160,7 @@ def test_port_defaults_to_22(home: Path, keys: Path) -> None:
     [
         ("ssh-ed25519 AAAAnotbase64", "--host-key: not an OpenSSH public key"),
         ("not a key at all", "--host-key: not an OpenSSH public key"),
-        ("", "--host-key: expected exactly one OpenSSH public key line"),
+        ("", "--host-key: no OpenSSH public key or known_hosts line"),
     ],
 )
 def test_bad_host_key_line(home: Path, keys: Path, host_key: str, fragment: str) -> None:
@@ -131,14 +173,14 @@ def test_bad_host_key_line(home: Path, keys: Path, host_key: str, fragment: str)
 def test_bad_host_key_files(home: Path, keys: Path, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pub"
     garbage.write_text("hello\n")
-    two = tmp_path / "two.pub"
-    two.write_text(pub(keys / "host").read_text() * 2)
+    two = tmp_path / "two.pub"  # two different keys of one type: which one is the host's?
+    two.write_text(pub(keys / "host").read_text() + pub(keys / "login").read_text())
     # A certificate is not a host key to pin.
     signed = make_key(tmp_path / "certified", "key")
     subprocess_sign(keys / "host", signed)
     cases = [
         (garbage, f"{garbage}: not an OpenSSH public key"),
-        (two, f"{two}: expected exactly one OpenSSH public key line"),
+        (two, f"{two}: different ssh-ed25519 keys for the host (lines 1, 2)"),
         (keys / "host", f"{keys / 'host'}: this is a private key; give the .pub file"),
         (cert(signed), f"{cert(signed)}: is a certificate; give the plain public key"),
     ]

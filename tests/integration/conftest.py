@@ -660,12 +660,13 @@ def add_ssh_target(
     home: Path, name: str, sshd: Sshd, login_key: Path, port: int | None = None
 ) -> None:
     """`target add-ssh NAME` as `bastion-t` with sshd's host key pinned, at sshd's port
-    unless `port` says otherwise."""
+    unless `port` says otherwise (something that is not sshd: registered `--no-check`)."""
     cli(
         home,
         *("target", "add-ssh", name, "--host", LOOPBACK, "--port", str(port or sshd.port)),
         *("--user", sshd.login_user, "--identity", str(login_key)),
         *("--host-key", str(sshd.host_pub_path)),
+        *(["--no-check"] if port is not None else []),
     )
 
 
@@ -709,7 +710,7 @@ def make_home(
         cli(
             home,
             *("target", "add-postgres", name, "--host", LOOPBACK, "--port", str(echo_port)),
-            *("--database", "d", "--user", "u", "--password-env", "PW"),
+            *("--database", "d", "--user", "u", "--password-env", "PW", "--no-check"),
             env={"PW": ECHO_DB_PASSWORD},
         )
     return home

@@ -88,6 +88,7 @@ def make_pg_home(base: Path, postgres: Postgres, alt_db: str) -> Path:
             home,
             *("target", "add-postgres", name, "--host", LOOPBACK, "--port", str(postgres.port)),
             *("--database", APP_DB, "--user", APP_USER, "--password-env", "PW"),
+            *(["--no-check"] if name == BAD_TARGET else []),  # wrong on purpose
             env={"PW": password},
         )
     return home

@@ -131,13 +131,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         bastion(
             home,
             *("target", "add-ssh", name, "--host", "127.0.0.1", "--user", "deploy"),
-            *("--identity", str(login), "--host-key", f"{host}.pub"),
+            *("--identity", str(login), "--host-key", f"{host}.pub", "--no-check"),
         )
     (base / "pw").write_text("pw\n")
     bastion(
         home,
         *("target", "add-postgres", "prod-db", "--host", "127.0.0.1", "--database", "appdb"),
-        *("--user", "app", "--password-file", str(base / "pw")),
+        *("--user", "app", "--password-file", str(base / "pw"), "--no-check"),
     )
     return home
 

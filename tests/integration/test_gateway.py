@@ -456,7 +456,7 @@ def test_forward_to_a_granted_target_removed_since(gateway: Server, tmp_path: Pa
     password.write_text("pw\n")
     gateway.cli(
         *("target", "add-postgres", name, "--host", "127.0.0.1", "--database", "d"),
-        *("--user", "u", "--password-file", str(password)),
+        *("--user", "u", "--password-file", str(password), "--no-check"),
     )
     grant = gateway.issue("echo-db", name)
     gateway.cli("target", "remove", name, "--force")
@@ -541,7 +541,7 @@ def test_target_down(gateway: Server, target_login_key: Path, sshd: Sshd) -> Non
     gateway.cli(
         *("target", "add-ssh", "down-web", "--host", "127.0.0.1", "--port", str(closed_port)),
         *("--user", "bastion-t", "--identity", str(target_login_key)),
-        *("--host-key", str(sshd.host_pub_path)),
+        *("--host-key", str(sshd.host_pub_path), "--no-check"),  # down on purpose
     )
     grant = gateway.issue("down-web")
     seq = gateway.audit_seq()
@@ -573,7 +573,7 @@ def test_target_host_key_mismatch(
     gateway.cli(
         *("target", "add-ssh", "mitm-web", "--host", "127.0.0.1", "--port", str(sshd.port)),
         *("--user", "bastion-t", "--identity", str(target_login_key)),
-        *("--host-key", f"{impostor}.pub"),
+        *("--host-key", f"{impostor}.pub", "--no-check"),  # the registration check would refuse
     )
     grant = gateway.issue("mitm-web")
     seq = gateway.audit_seq()
@@ -605,7 +605,7 @@ def test_target_host_key_mismatch_on_a_pty(
     gateway.cli(
         *("target", "add-ssh", "mitm-pty", "--host", "127.0.0.1", "--port", str(sshd.port)),
         *("--user", "bastion-t", "--identity", str(target_login_key)),
-        *("--host-key", f"{impostor}.pub"),
+        *("--host-key", f"{impostor}.pub", "--no-check"),
     )
     grant = gateway.issue("mitm-pty")
 
