@@ -1,4 +1,6 @@
-"""Notification hooks for access requests: a webhook (HTTP POST of JSON) and/or a command.
+"""Notification hooks for access requests and approval waits: a webhook (HTTP POST of
+JSON) and/or a command. What the events say is the caller's (`Gateway.notify_request`,
+`approvalnotice.approval_event`); this module only delivers them.
 
 Hooks run one at a time on their own thread, in the order of the events, each bounded
 by `[requests] hook_timeout`; a failure is logged (never with the webhook's path or
