@@ -3,7 +3,8 @@
 Policy decides, transport enforces. Every function takes the facts (the presented
 certificate, the grant and target from the store, `now`) and returns a value:
 `Permit` or `Denial` with a reason. Nothing here raises for a refusal, reads a clock
-or touches the network.
+or touches the network. `recheck_channel` decides again, after bastion.toml was reloaded,
+whether a channel already open would still be allowed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from bastion.models import Grant, GrantState, PresentedCertificate, Target, TargetKind
+from bastion.cmdpolicy import CommandRule, NeedsApproval, classify_command
+from bastion.models import (
+    Grant,
+    GrantState,
+    PresentedCertificate,
+    SessionKind,
+    Target,
+    TargetKind,
+)
 
 _KEY_ID_GRANT = re.compile(r"(?:^|\s)grant=(g-[0-9a-f]+)(?:\s|$)")
 
@@ -100,3 +109,68 @@ def decide_forward(
     if target is None:
         return Denial(f"unknown target {dest_host!r}")
     return target
+
+
+@dataclass(frozen=True)
+class LiveChannel:
+    """What a channel open at the gateway is doing, for `recheck_channel`."""
+
+    grant: Grant
+    target: Target
+    kind: SessionKind
+    command: str | None = None
+    approved: bool = False  # a human approved this command (or shell) before it ran
+    recorded: bool = True  # its recording is being written
+    database: str | None = None  # a PostgreSQL forward: the database it is logged in to
+
+
+@dataclass(frozen=True)
+class ChannelRules:
+    """What the configuration says of channels to one target (`[targets.NAME]`)."""
+
+    commands: tuple[CommandRule, ...]
+    shell_requires_approval: bool = False
+    recording: str = "mandatory"
+    databases: tuple[str, ...] = ()
+
+
+def recheck_channel(channel: LiveChannel, rules: ChannelRules) -> Denial | None:
+    """Would `rules` refuse this open channel? The checks made when it opened, again.
+
+    A channel a human approved stays approved; one that runs unrecorded is refused
+    when recording became mandatory; a PostgreSQL forward is refused when its database
+    left the allow-list (the target's registered database is always allowed).
+    """
+    target = channel.target
+    if channel.kind is SessionKind.FORWARD:
+        decision = decide_forward(
+            channel.grant,
+            channel.grant.permit_port_forwarding,
+            target.name,
+            {target.name: target},
+        )
+        if isinstance(decision, Denial):
+            return decision
+        if target.kind is not TargetKind.POSTGRES:
+            return None  # a plain forward carries bytes: no command, nothing recorded
+        database = channel.database
+        allowed = database is None or database == target.database or database in rules.databases
+        if not allowed:
+            return Denial(f"database {database!r} is no longer allowed on {target.name}")
+    else:
+        denial = decide_session(target, channel.kind.value)
+        if denial is not None:
+            return denial
+    if rules.recording == "mandatory" and not channel.recorded:
+        return Denial(
+            f"recording is now mandatory on {target.name} and this session is not recorded"
+        )
+    if channel.approved:
+        return None
+    if channel.kind is SessionKind.EXEC and channel.command is not None:
+        verdict = classify_command(channel.command, rules.commands)
+        if isinstance(verdict, NeedsApproval):
+            return Denial(f"the command now needs approval ({'; '.join(verdict.reasons)})")
+    if channel.kind is SessionKind.SHELL and rules.shell_requires_approval:
+        return Denial(f"a shell on {target.name} now needs approval")
+    return None

@@ -5,19 +5,21 @@ crash left open; the metrics endpoint; systemd's notify protocol (READY=1 once t
 listener is bound, STATUS= lines, WATCHDOG=1 pings, STOPPING=1 at SIGTERM). First start
 on a fresh home runs `init` (CA, host key, store). With `[web] listen` set, the web
 console runs in the same process and event loop, on a service (and state store
-connection) of its own; `bastion web` runs the console alone.
+connection) of its own; `bastion web` runs the console alone. `target_check()` hands
+`bastion target add-*` the gateway's upstream code to check a new target with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
 import signal
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,17 +30,21 @@ from bastion.config import (
     Home,
     ca_passphrase,
     check_web_listen,
+    load_config,
     metrics_host_port,
     notify_environment,
     split_host_port,
 )
+from bastion.configreload import plan_reload
 from bastion.errors import ConfigError, InvalidInput
 from bastion.gatekeeper import Gatekeeper
 from bastion.keyfiles import load_private_key
 from bastion.metrics import Metrics, PrometheusMetrics
 from bastion.sdnotify import SystemdNotifier
-from bastion.service import Bastion, initialize
+from bastion.service import Bastion, TargetCheck, initialize
 from bastion.transport.gateway import Gateway
+from bastion.transport.probe import NetworkTargetCheck
+from bastion.transport.reconfigure import reconfigure
 from bastion.web.server import Tls, bind, run_console
 
 log = logging.getLogger("bastion")
@@ -57,6 +63,16 @@ def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
         uvloop.run(main)
     else:
         asyncio.run(main)
+
+
+def target_check() -> TargetCheck:
+    """The network check `bastion target add-*` runs before storing a target.
+
+    Composed here because the CLI may not import `transport`: the check is the gateway's
+    own upstream code (`transport/probe.py`), so a target that registers is one the
+    gateway can reach.
+    """
+    return NetworkTargetCheck()
 
 
 def needs_init(home: Home) -> bool:
@@ -130,10 +146,13 @@ async def _serve(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        services: list[Bastion] = []  # the web console's, told of a reloaded config
+        reloader = _Reloader(home, gateway, services, notifier, stop)
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
         console = None
         if web is not None:
             web_sock, tls = web
-            console = asyncio.create_task(_console(home, clock, web_sock, tls, stop))
+            console = asyncio.create_task(_console(home, clock, web_sock, tls, stop, services))
         event_loop = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         log.info(
             "listening on %s:%d (node %s, home %s, %s event loop)",
@@ -167,7 +186,9 @@ async def _serve(
         )
         gateway.stop_accepting()
         notifier.stopping(f"stopping: closing {count} live connections")
-        await gateway.shutdown(grace=server.shutdown_grace.total_seconds())
+        await reloader.finish()
+        # The running value: `shutdown_grace` is among the settings a reload applies.
+        await gateway.shutdown(grace=gateway.config.server.shutdown_grace.total_seconds())
         gate.stop_node()
         if console is not None:
             await console
@@ -217,10 +238,17 @@ def _bind(host: str, port: int, what: str) -> socket.socket:
 
 
 async def _console(
-    home: Home, clock: Clock, sock: socket.socket, tls: Tls | None, stop: asyncio.Event
+    home: Home,
+    clock: Clock,
+    sock: socket.socket,
+    tls: Tls | None,
+    stop: asyncio.Event,
+    services: list[Bastion] | None = None,
 ) -> None:
     # Its own service and store connection: a slow page never holds the gateway's lock.
     bastion = Bastion.open(home, clock, "web", ca_passphrase())
+    if services is not None:
+        services.append(bastion)
     try:
 
         def ready(url: str) -> None:
@@ -254,3 +282,109 @@ async def serve_web(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await _console(home, clock, sock, tls, stop)
+
+
+class _Reloader:
+    """SIGHUP: read bastion.toml again, with the loader of start-up.
+
+    A file that doesn't load (bad TOML, an unknown key, a bad value) changes nothing: the
+    running configuration stays, and the error is logged in one line and audited
+    (`config.reload_failed`). Otherwise `configreload.plan_reload` keeps the settings
+    that need a restart at their running values (logged as such), the gateway and the
+    services take the rest at once, and live channels are re-checked under it
+    (`transport/reconfigure.py`); `config.reloaded` audits what changed and what closed.
+    Reloads run one at a time, in the order the signals came.
+    """
+
+    def __init__(
+        self,
+        home: Home,
+        gateway: Gateway,
+        services: list[Bastion],
+        notifier: SystemdNotifier,
+        stop: asyncio.Event,
+    ) -> None:
+        self.home = home
+        self.gateway = gateway
+        self.services = services
+        self.notifier = notifier
+        self.stop = stop
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request(self) -> None:
+        if self.stop.is_set():
+            return
+        task = asyncio.ensure_future(self._reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def finish(self) -> None:
+        """At stop: let a reload under way end (it never waits on the network)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+
+    async def _reload(self) -> None:
+        async with self._lock:
+            try:
+                await self._reload_once()
+            except Exception:
+                log.exception("reloading the configuration failed")
+
+    async def _reload_once(self) -> None:
+        gate = self.gateway.gate
+        path = self.home.config_path
+        try:
+            loaded = await asyncio.to_thread(load_config, self.home.root)
+        except Exception as exc:  # ConfigError, and anything else the loader may raise
+            error = str(exc) or type(exc).__name__
+            log.error(
+                "configuration not reloaded, still running the previous one: %s",
+                error,
+                extra={"event": "config.reload_failed", "reason": error},
+            )
+            await self._audit(gate.config_reload_failed, error)
+            return
+        plan = plan_reload(self.gateway.config, loaded)
+        # One step of the loop, no await: nothing sees half of the new configuration.
+        # (The gateway's own service is the gatekeeper's: `reconfigure` updates it.)
+        for service in self.services:
+            service.home = dataclasses.replace(service.home, config=plan.config)
+        closed = reconfigure(self.gateway, plan.config)
+        if plan.restart_required:
+            log.warning(
+                "%s changed settings that take effect only after a restart, still running"
+                " the previous values: %s",
+                path,
+                ", ".join(plan.restart_required),
+                extra={
+                    "event": "config.restart_required",
+                    "settings": list(plan.restart_required),
+                },
+            )
+        applied = ", ".join(plan.applied) if plan.applied else "nothing changed"
+        log.info(
+            "configuration reloaded from %s: %s; %d live sessions closed by the new policy",
+            path,
+            applied,
+            len(closed),
+            extra={
+                "event": "config.reloaded",
+                "applied": list(plan.applied),
+                "sessions_closed": [c.session for c in closed],
+            },
+        )
+        self.notifier.status(f"configuration reloaded ({len(plan.applied)} settings applied)")
+        details: dict[str, object] = {
+            **plan.summary(),
+            "sessions_closed": [
+                {"session": c.session, "target": c.target, "reason": c.reason} for c in closed
+            ],
+        }
+        await self._audit(gate.config_reloaded, details)
+
+    async def _audit(self, write: Callable[[Any], None], details: Any) -> None:
+        try:
+            await self.gateway.write_behind(write, details)
+        except Exception as exc:
+            log.error("could not audit the configuration reload: %s", exc)

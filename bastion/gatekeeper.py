@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from bastion import access
 from bastion.access import Denial, LoginPermit
 from bastion.accessrequests import AccessRequests
+from bastion.config import Config
 from bastion.models import (
     AccessRequest,
     Agent,
@@ -492,6 +493,24 @@ class Gatekeeper:
         with self.store.transaction() as tx:
             tx.stop_node(self.node, now)
             tx.append_audit(now, "gateway", "node.stopped", {"node": self.node})
+
+    # -- configuration reloads ---------------------------------------------------
+
+    def use_config(self, config: Config) -> None:
+        """The service's side of a reload: access requests read their policy from here."""
+        self.bastion.home = replace(self.bastion.home, config=config)
+
+    def config_reloaded(self, details: Mapping[str, object]) -> None:
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(), "gateway", "config.reloaded", {"node": self.node, **details}
+            )
+
+    def config_reload_failed(self, error: str) -> None:
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(), "gateway", "config.reload_failed", {"node": self.node, "error": error}
+            )
 
     def reap_lost_nodes(self, timeout: timedelta) -> dict[str, list[str]]:
         """End the live sessions of nodes silent for longer than `timeout` (`node-lost`).

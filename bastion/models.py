@@ -187,6 +187,8 @@ class EndReason(enum.StrEnum):
     RECORDING_FAILED = "recording-failed"
     # Another node found this session's node silent for longer than `server.node_timeout`.
     NODE_LOST = "node-lost"
+    # bastion.toml was reloaded and its new policy for the target refuses the session.
+    POLICY_CHANGED = "policy-changed"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import asyncssh
 
 from bastion import access, sshalgs
 from bastion.access import Denial, LoginPermit
+from bastion.approvalnotice import LINE_TEXT_LIMIT, printable, ssh_reminder
 from bastion.cmdpolicy import NeedsApproval, classify_command
 from bastion.models import Agent, ApprovalState, EndReason, SessionKind, Target, TargetKind
 from bastion.recording.writer import Recorder, RecordingFailed, RecordingOff
@@ -429,7 +430,10 @@ class GatewayConnection(asyncssh.SSHServer):
     async def start_recording(self, relay: SessionRelay) -> Recorder:
         """The session's recording, its file created and its row written on a thread."""
         session = relay.record
-        if self.recording_mode == "off":
+        # The mode this session runs under: a reload of bastion.toml changes it only to a
+        # stricter one (`transport/reconfigure.py`).
+        relay.recording_mode = self.recording_mode
+        if relay.recording_mode == "off":
             await asyncio.to_thread(self.gate.recording_off, session)
             raise RecordingOff(session.id)
         header = recording_header(session, session.kind.value)
@@ -520,17 +524,25 @@ class GatewayConnection(asyncssh.SSHServer):
         relay.to_recording("marker", f"approval requested {approval.id}")
         minutes = int(timeout.total_seconds() // 60)
         wait = f"{minutes}m" if minutes else f"{int(timeout.total_seconds())}s"
+        shown = printable(text, LINE_TEXT_LIMIT)  # a newline or escape can't break the line
         relay.notify(
-            f"[bastion] approval required (request {approval.id}): {text} - waiting up to {wait}"
+            f"[bastion] approval required (request {approval.id}): {shown} - waiting up to {wait}"
         )
-        decided = await self.gateway.wait_for_decision(approval, timeout)
+        decided = await self.gateway.wait_for_decision(
+            approval,
+            timeout,
+            remind=lambda waited: relay.notify(ssh_reminder(approval, waited, timeout)),
+        )
         relay.to_recording("marker", f"approval {decided.state.value} {approval.id}")
         if decided.state is ApprovalState.APPROVED:
+            relay.approved = True  # a reload's re-check doesn't hold it up again
             relay.notify(f"[bastion] approved by {decided.decided_by} (request {approval.id})")
             return True
         if decided.state is ApprovalState.DENIED:
             message = (
-                f"denied by {decided.decided_by}: {decided.decision_reason} (request {approval.id})"
+                f"denied by {decided.decided_by}:"
+                f" {printable(decided.decision_reason or '', LINE_TEXT_LIMIT)}"
+                f" (request {approval.id})"
             )
         else:
             message = (
@@ -613,7 +625,9 @@ class GatewayConnection(asyncssh.SSHServer):
         if target.kind is TargetKind.POSTGRES:
             return PgRelay(self, target, record, await self._forward_recorder(record, target))
         try:
-            return await ForwardRelay.open(self, target.host, target.port, record)
+            relay = await ForwardRelay.open(self, target.host, target.port, record)
+            relay.target = target
+            return relay
         except OSError as exc:
             reason = (
                 f"can't reach target {target.name} ({target.host}:{target.port}): {exc.strerror}"
@@ -658,7 +672,7 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def recording_lost_forward(self, relay: PgRelay, reason: str) -> None:
         recorder, relay.recorder = relay.recorder, None
-        mandatory = self.recording_mode_of(relay.target.name) == "mandatory"
+        mandatory = relay.recording_mode == "mandatory"
         self.gate.recording_lost(relay.record, reason, mandatory)
         if recorder is not None:
             recorder.loss_reported = True

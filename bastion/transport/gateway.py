@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import asyncssh
 
 from bastion import sshalgs
+from bastion.approvalnotice import approval_event
 from bastion.config import Config
 from bastion.gatekeeper import Gatekeeper
 from bastion.metrics import LiveState, Metrics
@@ -39,6 +40,7 @@ from bastion.transport.deadlines import DeadlineClock
 from bastion.transport.guard import DeadlineGuard
 from bastion.transport.pgrelay import PgRelay
 from bastion.transport.relay import SessionRelay
+from bastion.transport.reminders import remind_every
 
 # The deadline guard cuts a connection this long after its deadline plus the close grace.
 GUARD_SLACK = 2.0
@@ -310,7 +312,29 @@ class Gateway:
 
     # -- approvals ---------------------------------------------------------------
 
-    async def wait_for_decision(self, approval: Approval, timeout: timedelta) -> Approval:
+    async def wait_for_decision(
+        self,
+        approval: Approval,
+        timeout: timedelta,
+        remind: Callable[[float], None] | None = None,
+    ) -> Approval:
+        """Until a human decides, or `timeout` passes (then the approval expires).
+
+        Meanwhile `remind(waited_seconds)` is called every `[approvals] remind_every`
+        (the client's reminder). The hooks hear `approval.created` now and
+        `approval.decided` when the wait ends, however it ends.
+        """
+        self.notify_approval("approval.created", approval)
+        reminders = None
+        if remind is not None:
+            reminders = asyncio.ensure_future(
+                remind_every(
+                    remind,
+                    self.config.approvals.remind_every.total_seconds(),
+                    until=timeout.total_seconds(),
+                )
+            )
+        decided: Approval | None = None
         try:
             decided = await self._until_decided(
                 self._waiters,
@@ -319,10 +343,20 @@ class Gateway:
                 timeout.total_seconds(),
             )
         except TimeoutError:
-            return await asyncio.to_thread(self.gate.expire_approval, approval, "timed out")
+            pass
         except asyncio.CancelledError:
-            self.write_later(self.gate.expire_approval, approval, "the session ended while waiting")
+            self.write_behind(
+                self.gate.expire_approval, approval, "the session ended while waiting"
+            ).add_done_callback(self._expired_unwatched)
             raise
+        finally:
+            if reminders is not None:
+                reminders.cancel()
+        if decided is None:  # timed out
+            decided = await asyncio.to_thread(self.gate.expire_approval, approval, "timed out")
+            self.notify_approval("approval.decided", decided)
+            return decided
+        self.notify_approval("approval.decided", decided)
         log.info(
             "approval %s %s by %s",
             decided.id,
@@ -385,16 +419,36 @@ class Gateway:
 
     def notify_request(self, event: str, request: AccessRequest) -> None:
         """Tell the hooks; never raises and never waits."""
+        self._tell_hooks(
+            lambda: {
+                "event": event,
+                "node": self.gate.node,
+                "request": request.to_dict(),
+                "approve": f"bastion requests approve {request.id}",
+                "deny": f"bastion requests deny {request.id} --reason TEXT",
+            }
+        )
+
+    def notify_approval(self, event: str, approval: Approval) -> None:
+        """Tell the hooks of an approval wait or its end; never raises and never waits."""
+        self._tell_hooks(lambda: approval_event(event, approval, self.gate.node))
+
+    def _expired_unwatched(self, done: asyncio.Future[Approval]) -> None:
+        """Done callback of the expiry written after a wait was cancelled: tell the hooks."""
+        if done.cancelled():
+            return
+        if (exc := done.exception()) is not None:
+            log.error("a store write failed: %s", exc)
+            return
+        self.notify_approval("approval.decided", done.result())
+
+    def _tell_hooks(self, payload: Callable[[], dict[str, Any]]) -> None:
+        """Hand one event to the notification hooks (`notify.Notifier`: their own thread,
+        one at a time, failures logged). Nothing here may fail or hold a session."""
+        if not self.notifier.enabled:
+            return
         try:
-            self.notifier.send(
-                {
-                    "event": event,
-                    "node": self.gate.node,
-                    "request": request.to_dict(),
-                    "approve": f"bastion requests approve {request.id}",
-                    "deny": f"bastion requests deny {request.id} --reason TEXT",
-                }
-            )
+            self.notifier.send(payload())
         except Exception:
             log.exception("could not start the notification hooks")
 

@@ -44,12 +44,14 @@ import logging
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
 from bastion import pgwire, sqlclass
-from bastion.models import ApprovalState, EndReason, Target
+from bastion.approvalnotice import pg_reminder
+from bastion.models import Approval, ApprovalState, EndReason, Target
 from bastion.recording import format as fmt
 from bastion.transport import pgupstream
 
@@ -138,9 +140,12 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)
         )
         policy = self.gateway.config.target_policy(target.name)
-        self._rules = sqlclass.compile_rules(self.gateway.config.statement_rules(target.name))
+        self._rule_names = self.gateway.config.statement_rules(target.name)
+        self._rules = sqlclass.compile_rules(self._rule_names)
         self._redact = policy.redact_parameters
         self._databases = policy.databases
+        self.recording_mode = policy.recording
+        self.database: str | None = None  # once logged in upstream
         self._now = conn.gate.bastion.clock.monotonic  # statement timing for the query log
 
     # -- the agent's side ---------------------------------------------------------
@@ -248,6 +253,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             return
         self._login = login
         self._writer = login.writer
+        self.database = database
         self.gateway.pg_backends[(self.fake_key.pid, self.fake_key.key)] = self
         self._send(
             pgwire.AuthenticationOk(),
@@ -455,7 +461,11 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             )
         )
         self._log_event("approval requested", {"approval": approval.id, "sql": sql[:_SQL_LIMIT]})
-        waiting = asyncio.ensure_future(self.gateway.wait_for_decision(approval, timeout))
+        waiting = asyncio.ensure_future(
+            self.gateway.wait_for_decision(
+                approval, timeout, remind=lambda waited: self._remind(approval, waited, timeout)
+            )
+        )
         self._client_cancel = asyncio.Event()
         cancelled = asyncio.ensure_future(self._client_cancel.wait())
         try:
@@ -513,6 +523,16 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._holding = False
         self.chan.resume_reading()
         self._pump()
+
+    def _remind(self, approval: Approval, waited: float, timeout: timedelta) -> None:
+        """Another NOTICE while the statement waits: psql prints it, pg_dump -v logs it.
+        A NoticeResponse may come at any time, between any two messages of the server's."""
+        if not self._ended and self._holding:
+            self._send(
+                pgwire.NoticeResponse.build(
+                    "NOTICE", "01000", pg_reminder(approval, waited, timeout)
+                )
+            )
 
     # -- the server's side ----------------------------------------------------------
 
@@ -673,6 +693,24 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             return
         if self._login is not None and self._login.backend_key is not None:
             await pgupstream.cancel(self.target, self._login.backend_key)
+
+    def tighten(
+        self,
+        rules: tuple[sqlclass.StatementRule, ...],
+        redact: bool,
+        databases: tuple[str, ...],
+        recording_mode: str,
+    ) -> None:
+        """A reloaded bastion.toml's policy, where stricter than the one this session
+        started with: statements the new rules hold are held from now on too."""
+        if rules != self._rule_names:
+            self._rule_names = tuple(dict.fromkeys(self._rule_names + rules))
+            self._rules = sqlclass.compile_rules(self._rule_names)
+            self._verdict_cache.clear()
+        self._redact = self._redact or redact
+        self._databases = tuple(d for d in self._databases if d in databases)
+        if recording_mode == "mandatory":
+            self.recording_mode = recording_mode
 
     def fail(self, reason: EndReason, message: str) -> None:
         """Forced close (expiry, revocation, kill, shutdown): say why, cancel, close."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
-from bastion.models import EndReason, SessionKind
+from bastion.models import EndReason, SessionKind, Target
 from bastion.recording.writer import Recorder, RecordingFailed, RecordingOff
 
 if TYPE_CHECKING:
@@ -50,6 +50,12 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         self._task: asyncio.Task[None] | None = None
         # How the session ended before its record was written (see `_end`).
         self._early_end: tuple[EndReason, int | None, str] | None = None
+        # What a reload of bastion.toml re-checks (`transport/reconfigure.py`): the
+        # recording mode it runs under (set as its recording starts), whether it passed
+        # the approval gate, and whether a human approved it there.
+        self.recording_mode: str | None = None
+        self.gated = False
+        self.approved = False
 
     # -- requests from the agent ----------------------------------------------
 
@@ -109,7 +115,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         except RecordingOff:
             pass
         except RecordingFailed as exc:
-            if self.conn.recording_mandatory:
+            if self.recording_mode == "mandatory":
                 # Never a session running unrecorded: refuse it, saying why.
                 self.fail(EndReason.RECORDING_FAILED, f"{exc} - session refused")
                 return False
@@ -149,6 +155,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         permitted = await self.conn.gate_session(self, kind, command)
         if not permitted or self._ended:
             return
+        self.gated = True
         try:
             upstream = await self.conn.upstream()
         except Exception as exc:  # UpstreamError, or anything unexpected
@@ -211,7 +218,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             recorder.loss_reported = True  # audited just below
             recorder.abandon()
             self.conn.finish_recording(self, recorder)
-        if self.conn.recording_mandatory:
+        if self.recording_mode == "mandatory":
             self.conn.recording_lost(self, reason, ended_session=True)
             self.fail(EndReason.RECORDING_FAILED, f"{reason} - session closed")
         else:
@@ -424,6 +431,7 @@ class ForwardRelay(asyncssh.SSHTCPSession[bytes]):
         self.tcp = tcp
         tcp.forward = self
         self.record = record
+        self.target: Target | None = None  # set by the connection once open
         self.chan: Any = None
         self.bytes_up = 0
         self.bytes_down = 0

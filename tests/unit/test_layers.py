@@ -19,12 +19,15 @@ LAYERS: list[set[str]] = [
         "pgwire",
         "requestpolicy",
         "config",
+        "configreload",
         "policy",
         "access",
         "keyfiles",
+        "knownhosts",
         "logs",
         "webpolicy",
         "sshalgs",
+        "approvalnotice",
     },
     {"ca", "store", "recording", "notify", "sdnotify", "metrics"},
     {"service", "accessrequests", "doctor", "cluster", "webaccounts"},
@@ -47,6 +50,8 @@ PURE = {
     "requestpolicy",
     "webpolicy",
     "sshalgs",
+    "approvalnotice",
+    "knownhosts",
 }
 IO_MODULES = {"socket", "asyncio", "asyncssh", "sqlite3", "psycopg", "subprocess"}
 
