@@ -73,7 +73,23 @@ async def open_stream(
     if context is None:
         return reader, writer
     writer.write(pgwire.encode(pgwire.SSLRequest()))
-    answer = await reader.readexactly(1)
+    # Everything the server sent so far (`read`, not `readexactly(1)`): a byte after its
+    # 'S' can't be the server's, which waits for our ClientHello, so someone injected it
+    # in the clear; left in the reader's buffer it would be read as if it came over TLS
+    # (libpq's CVE-2021-23222). No await comes between this read and `start_tls`
+    # pausing the socket, so nothing can slip in after the check either.
+    answer: bytes | pgwire.Signal = b""
+    try:
+        data = await asyncio.wait_for(reader.read(_READ), timeout)
+        encryption = pgwire.BackendParser()
+        encryption.receive_data(data)
+        answer = encryption.next_encryption_answer() if data else b""
+    except (OSError, TimeoutError) as exc:
+        writer.close()
+        raise PgUpstreamError(f"TLS to target {where} failed: {exc or 'timed out'}") from None
+    except pgwire.ProtocolError as exc:
+        writer.close()
+        raise PgUpstreamError(f"TLS to target {where} refused: {exc}") from None
     if answer != b"S":
         writer.close()
         raise PgUpstreamError(f"target {where} does not offer TLS (sslmode {target.sslmode})")

@@ -9,6 +9,7 @@ CA and `disable` are refused with a clear error for the agent.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import shutil
@@ -21,6 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bastion import pgwire
+from bastion.models import SslMode, Target, TargetKind
+from bastion.transport import pgupstream
 from tests.integration import pg_helpers as pg
 from tests.integration.conftest import Server, cli
 from tests.peers import Postgres
@@ -123,8 +127,9 @@ def tls_gateway(
     targets = {
         "tls-require": ["--sslmode", "require"],
         "tls-verified": ["--sslmode", "verify-full", "--sslrootcert", str(right_ca)],
-        "tls-wrong-ca": ["--sslmode", "verify-full", "--sslrootcert", str(wrong_ca)],
-        "tls-off": ["--sslmode", "disable"],
+        # Refused by the gateway, as the tests below check: registered without the check.
+        "tls-wrong-ca": ["--sslmode", "verify-full", "--sslrootcert", str(wrong_ca), "--no-check"],
+        "tls-off": ["--sslmode", "disable", "--no-check"],
     }
     for name, options in targets.items():
         cli(
@@ -170,3 +175,40 @@ def test_a_target_whose_tls_fails_is_a_clear_error(
         tunnel.stop()
     assert result.returncode != 0
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("injected", [True, False], ids=["bytes-after-S", "S-alone"])
+async def test_bytes_sent_in_the_clear_after_the_servers_s_are_refused(injected: bool) -> None:
+    """A man in the middle answers the SSLRequest with 'S' and, in the same write, a
+    plaintext message meant to be read as if it came over TLS (CVE-2021-23222). The
+    bastion refuses before any TLS handshake; an honest 'S' goes on to the handshake."""
+    hello = asyncio.Event()
+
+    async def mitm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(8)  # the SSLRequest
+        forged = pgwire.encode(pgwire.AuthenticationOk()) if injected else b""
+        writer.write(b"S" + forged)
+        first = await reader.read(1)
+        if first == b"\x16":  # a TLS ClientHello: the handshake began
+            hello.set()
+        writer.close()
+
+    server = await asyncio.start_server(mitm, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    target = Target(
+        name="mitm-db", kind=TargetKind.POSTGRES, host=LOOPBACK, port=port, user="app",
+        created_at=dt.datetime.now(dt.UTC), created_by="test", database="app",
+        sslmode=SslMode.REQUIRE,
+    )  # fmt: skip
+    try:
+        with pytest.raises(pgupstream.PgUpstreamError) as caught:
+            await pgupstream.login(target, "pw", "app", {}, timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    if injected:
+        assert "refused" in str(caught.value)
+        assert "unencrypted bytes followed the server's b'S'" in str(caught.value)
+        assert not hello.is_set()
+    else:
+        assert hello.is_set()  # refused later, by the TLS handshake with a closed peer
