@@ -3,8 +3,9 @@
 Policy decides, transport enforces. Every function takes the facts (the presented
 certificate, the grant and target from the store, `now`) and returns a value:
 `Permit` or `Denial` with a reason. Nothing here raises for a refusal, reads a clock
-or touches the network. `recheck_channel` decides again, after bastion.toml was reloaded,
-whether a channel already open would still be allowed.
+or touches the network. `decide_forward_count` decides on one more forward given how many
+are open, which the transport counts. `recheck_channel` decides again, after bastion.toml
+was reloaded, whether a channel already open would still be allowed.
 """
 
 from __future__ import annotations
@@ -109,6 +110,35 @@ def decide_forward(
     if target is None:
         return Denial(f"unknown target {dest_host!r}")
     return target
+
+
+@dataclass(frozen=True)
+class ForwardLimits:
+    """How many `-L` channels may be open at once (`server.max_forwards`, `grants.max_forwards`).
+
+    Every forward counts, to a PostgreSQL target or a plain TCP one: each holds a
+    connection to the target (a database login, or a socket) for as long as it is open.
+    """
+
+    per_connection: int
+    per_grant: int
+
+
+def decide_forward_count(
+    grant: Grant, on_connection: int, on_grant: int, limits: ForwardLimits
+) -> Denial | None:
+    """May one more forward open? `on_connection` are open (or opening) on this SSH
+    connection, `on_grant` on all of the grant's connections to this node, this one's included.
+    """
+    if on_connection >= limits.per_connection:
+        return Denial(
+            f"at most {limits.per_connection} forwarded connections at once per SSH connection"
+        )
+    if on_grant >= limits.per_grant:
+        return Denial(
+            f"at most {limits.per_grant} forwarded connections at once per grant ({grant.id})"
+        )
+    return None
 
 
 @dataclass(frozen=True)

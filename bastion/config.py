@@ -47,8 +47,12 @@ node = ""
 # How long a client may take to authenticate.
 login_timeout = "30s"
 # Shells, commands and sftp open at once on one connection (as sshd's MaxSessions);
-# `-L` forwards are not counted.
+# `-L` forwards are not counted: see max_forwards.
 max_sessions = 10
+# `-L` forwards open at once on one connection (each PostgreSQL forward is a database
+# login on the target, each other forward a TCP connection to it); see also
+# [grants] max_forwards.
+max_forwards = 10
 # Connections still authenticating at once (as sshd's MaxStartups): more are closed as
 # they arrive, so that a flood of idle connections can't hold the gateway's resources.
 max_startups = 100
@@ -90,6 +94,8 @@ min_ttl = "1m"
 max_ttl = "8h"
 # Certificates are valid from this long before issuance, to absorb clock skew.
 clock_skew = "60s"
+# `-L` forwards open at once under one grant, across all its connections to this node.
+max_forwards = 20
 
 [approvals]
 # How long a command waits for a human's `bastion approvals approve`.
@@ -162,6 +168,7 @@ class ServerConfig:
     node: str = ""
     login_timeout: timedelta = timedelta(seconds=30)
     max_sessions: int = 10
+    max_forwards: int = 10  # `-L` channels open at once on one connection
     max_startups: int = 100
     shutdown_grace: timedelta = timedelta(seconds=10)
     log_format: str = "text"
@@ -230,6 +237,8 @@ class GrantsConfig:
     min_ttl: timedelta = timedelta(minutes=1)
     max_ttl: timedelta = timedelta(hours=8)
     clock_skew: timedelta = timedelta(seconds=60)
+    # `-L` channels open at once under one grant, over all its connections to this node.
+    max_forwards: int = 20
 
 
 @dataclass(frozen=True)
@@ -557,6 +566,10 @@ def _check_consistency(config: Config, source: Path) -> None:
         )
     if not 1 <= server.max_sessions <= 1000:
         raise ConfigError(f"'server.max_sessions' in {source} must be between 1 and 1000")
+    if not 1 <= server.max_forwards <= 1000:
+        raise ConfigError(f"'server.max_forwards' in {source} must be between 1 and 1000")
+    if not 1 <= grants.max_forwards <= 100_000:
+        raise ConfigError(f"'grants.max_forwards' in {source} must be between 1 and 100000")
     if not 1 <= server.max_startups <= 100_000:
         raise ConfigError(f"'server.max_startups' in {source} must be between 1 and 100000")
     if server.shutdown_grace > MAX_SHUTDOWN_GRACE:

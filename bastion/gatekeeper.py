@@ -154,6 +154,13 @@ class Gatekeeper:
                 "forward.refused",
                 {"grant": grant_id, "destination": f"{host}:{port}", "reason": reason},
             )
+        fields = {
+            "event": "forward.refused",
+            "grant": grant_id,
+            "destination": f"{host}:{port}",
+            "reason": reason,
+        }
+        log.info("forward refused: %s to %s:%d: %s", grant_id, host, port, reason, extra=fields)
 
     def target(self, name: str) -> Target | None:
         return self.store.get_target(name)

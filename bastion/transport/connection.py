@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from concurrent.futures import Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +29,11 @@ from bastion.access import Denial, LoginPermit
 from bastion.approvalnotice import LINE_TEXT_LIMIT, printable, ssh_reminder
 from bastion.cmdpolicy import NeedsApproval, classify_command
 from bastion.models import Agent, ApprovalState, EndReason, SessionKind, Target, TargetKind
-from bastion.recording.writer import Recorder, RecordingFailed, RecordingOff
+from bastion.recording.writer import RecordingFailed
 from bastion.requestpolicy import REQUEST_LOGIN, request_line
 from bastion.transport import certs, upstream
 from bastion.transport.pgrelay import PgRelay
+from bastion.transport.recording import recording_header
 from bastion.transport.relay import ForwardRelay, SessionRelay
 from bastion.transport.requestchan import RequestSession
 
@@ -60,6 +60,13 @@ class GatewayConnection(asyncssh.SSHServer):
         # Sessions accepted whose channel is not open yet (asyncssh opens it in a task).
         self._sessions_opening = 0
         self.forwards: set[ForwardRelay | PgRelay] = set()
+        # Forwards decided on whose channel is not open yet (the target is being reached):
+        # counted with `forwards` against the limits, so a burst of opens can't slip past.
+        self._forwards_opening = 0
+        # Forwards that have ended (their target connection closed) while their channel is
+        # still closing: no longer counted, so a client that closes one and opens another
+        # at once is not refused.
+        self._forwards_ended: set[ForwardRelay | PgRelay] = set()
         self.closing = False
         self.closing_reason = EndReason.CLIENT_CLOSED  # what close_all was given, once called
         self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
@@ -387,6 +394,10 @@ class GatewayConnection(asyncssh.SSHServer):
         status: int | None,
         detail: str,
     ) -> None:
+        if not isinstance(relay, SessionRelay) and relay in self.forwards:
+            # Its connection to the target is closed: its slot is free (`forwards_open`).
+            self._forwards_ended = {f for f in self._forwards_ended if f in self.forwards}
+            self._forwards_ended.add(relay)
         self.gateway.metrics.session_closed(relay)
         end = (relay.record, reason, status, relay.bytes_up, relay.bytes_down, detail)
         # On the writes thread, after this turn of the loop: a forced close (expiry,
@@ -423,84 +434,6 @@ class GatewayConnection(asyncssh.SSHServer):
         assert self.permit is not None
         return self.gateway.config.target_policy(self.permit.target.name).recording
 
-    @property
-    def recording_mandatory(self) -> bool:
-        return self.recording_mode == "mandatory"
-
-    async def start_recording(self, relay: SessionRelay) -> Recorder:
-        """The session's recording, its file created and its row written on a thread."""
-        session = relay.record
-        # The mode this session runs under: a reload of bastion.toml changes it only to a
-        # stricter one (`transport/reconfigure.py`).
-        relay.recording_mode = self.recording_mode
-        if relay.recording_mode == "off":
-            await asyncio.to_thread(self.gate.recording_off, session)
-            raise RecordingOff(session.id)
-        header = recording_header(session, session.kind.value)
-        if relay.pty is not None:
-            term_type, size = relay.pty[0], relay.pty[1]
-            header.update(term_type=term_type, term_size=[size[0], size[1]], pty=True)
-        recorder = await asyncio.to_thread(self.gate.start_recording, session, header)
-        self.gateway.recorders.add(relay)
-        return recorder
-
-    def finish_recording(
-        self,
-        relay: SessionRelay,
-        recorder: Recorder,
-        *,
-        reason: EndReason | None = None,
-        exit_status: int | None = None,
-        detail: str = "",
-    ) -> None:
-        self.gateway.recorders.discard(relay)
-        end = {
-            "ended_at": self.gate.now().isoformat(),
-            "end_reason": reason.value if reason else EndReason.RECORDING_FAILED.value,
-            "exit_status": exit_status,
-            "detail": detail,
-        }
-        if self.closing:
-            # As the records (`close_record`): the recording's last write, fsync and hash
-            # start once every connection closed in this turn has sent its notice.
-            asyncio.get_running_loop().call_soon(self.close_recording, relay.record, recorder, end)
-        else:
-            self.close_recording(relay.record, recorder, end)
-
-    def close_recording(self, record: Any, recorder: Recorder, end: dict[str, Any]) -> None:
-        """Close and seal a recording, the last write and fsync off the event loop."""
-        try:
-            pending = recorder.close_in_background(end)
-        except RecordingFailed:
-            self.gate.seal_failed(record, recorder)
-            return
-        if pending is None:
-            try:
-                self.gate.finish_recording(record, recorder, end)
-            except Exception:
-                log.exception("could not seal the recording of session %s", record.id)
-            return
-        self.gateway.run_detached(self._seal_when_written(record, recorder, pending))
-
-    async def _seal_when_written(
-        self, record: Any, recorder: Recorder, pending: Future[tuple[str, int]]
-    ) -> None:
-        written: tuple[str, int] | None
-        try:
-            written = await asyncio.wrap_future(pending)
-        except RecordingFailed:
-            written = None
-        try:
-            await self.gateway.write_behind(self.gate.seal_recording, record, recorder, written)
-        except Exception:
-            log.exception("could not seal the recording of session %s", record.id)
-
-    def recording_lost(self, relay: SessionRelay, reason: str, *, ended_session: bool) -> None:
-        try:
-            self.gate.recording_lost(relay.record, reason, ended_session)
-        except Exception:
-            log.exception("could not audit the recording failure of %s", relay.record.id)
-
     async def gate_session(
         self, relay: SessionRelay, kind: SessionKind, command: str | None
     ) -> bool:
@@ -521,7 +454,7 @@ class GatewayConnection(asyncssh.SSHServer):
         approval = await asyncio.to_thread(
             self.gate.request_approval, relay.record, kind.value, text, reasons, timeout
         )
-        relay.to_recording("marker", f"approval requested {approval.id}")
+        relay.recording.marker(f"approval requested {approval.id}")
         minutes = int(timeout.total_seconds() // 60)
         wait = f"{minutes}m" if minutes else f"{int(timeout.total_seconds())}s"
         shown = printable(text, LINE_TEXT_LIMIT)  # a newline or escape can't break the line
@@ -533,7 +466,7 @@ class GatewayConnection(asyncssh.SSHServer):
             timeout,
             remind=lambda waited: relay.notify(ssh_reminder(approval, waited, timeout)),
         )
-        relay.to_recording("marker", f"approval {decided.state.value} {approval.id}")
+        relay.recording.marker(f"approval {decided.state.value} {approval.id}")
         if decided.state is ApprovalState.APPROVED:
             relay.approved = True  # a reload's re-check doesn't hold it up again
             relay.notify(f"[bastion] approved by {decided.decided_by} (request {approval.id})")
@@ -602,7 +535,42 @@ class GatewayConnection(asyncssh.SSHServer):
                 self.gate.forward_refused, grant_id, dest_host, dest_port, reason
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
-        return await self._open_forward(decision, dest_host, dest_port)
+        # Counted and reserved in this one turn of the loop, read from the configuration
+        # as it is now (a reload applies to the next open).
+        grant = self.permit.grant
+        config = self.gateway.config
+        limits = access.ForwardLimits(config.server.max_forwards, config.grants.max_forwards)
+        over = access.decide_forward_count(
+            grant, self.forwards_open, self._forwards_of_grant(grant.id), limits
+        )
+        if over is not None:
+            self.gateway.write_later(
+                self.gate.forward_refused, grant.id, dest_host, dest_port, over.reason
+            )
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"[bastion] {over.reason}"
+            )
+        self._forwards_opening += 1
+        try:
+            return await self._open_forward(decision, dest_host, dest_port)
+        finally:
+            # asyncssh calls the relay's `connection_made` (which adds it to `forwards`)
+            # right after this returns, in the same turn: it is never counted twice or not
+            # at all.
+            self._forwards_opening -= 1
+
+    @property
+    def forwards_open(self) -> int:
+        """Forwards being opened, or open and not yet ended, on this connection."""
+        return len(self.forwards - self._forwards_ended) + self._forwards_opening
+
+    def _forwards_of_grant(self, grant_id: str) -> int:
+        """Forwards open or being opened under `grant_id` on this node (all its connections)."""
+        return sum(
+            conn.forwards_open
+            for conn in self.gateway.connections
+            if conn.permit is not None and conn.permit.grant.id == grant_id
+        )
 
     async def _open_forward(
         self, target: Target, dest_host: str, dest_port: int
@@ -623,7 +591,7 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         if target.kind is TargetKind.POSTGRES:
-            return PgRelay(self, target, record, await self._forward_recorder(record, target))
+            return await self._open_pg_forward(target, record)
         try:
             relay = await ForwardRelay.open(self, target.host, target.port, record)
             relay.target = target
@@ -637,69 +605,24 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
 
-    async def _forward_recorder(self, record: Any, target: Target) -> Recorder | None:
-        """The query log of a PostgreSQL session lives in its recording (its file and row
-        made on a thread)."""
-        mode = self.recording_mode_of(target.name)
-        if mode == "off":
-            await asyncio.to_thread(self.gate.recording_off, record)
-            return None
-        header = recording_header(record, "postgres")
+    async def _open_pg_forward(self, target: Target, record: Any) -> PgRelay:
+        """A PostgreSQL forward: its query log lives in its recording, started (file and
+        row on a thread) before the channel opens."""
+        relay = PgRelay(self, target, record)
         try:
-            return await asyncio.to_thread(self.gate.start_recording, record, header)
-        except RecordingFailed as exc:
-            if mode == "mandatory":
-                await asyncio.to_thread(
-                    self.gate.close_session, record, EndReason.RECORDING_FAILED, detail=str(exc)
-                )
-                raise asyncssh.ChannelOpenError(
-                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"{exc} - session refused"
-                ) from None
-            await asyncio.to_thread(self.gate.recording_lost, record, str(exc), False)
-            return None
+            await relay.recording.start(recording_header(record, "postgres"))
+        except RecordingFailed as exc:  # mandatory: never a session running unrecorded
+            await asyncio.to_thread(
+                self.gate.close_session, record, EndReason.RECORDING_FAILED, detail=str(exc)
+            )
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"{exc} - session refused"
+            ) from None
+        return relay
 
     def end_forward(self, relay: PgRelay, reason: EndReason, detail: str) -> None:
-        recorder, relay.recorder = relay.recorder, None
-        if recorder is not None:
-            end = {
-                "ended_at": self.gate.now().isoformat(),
-                "end_reason": reason.value,
-                "exit_status": None,
-                "detail": detail,
-            }
-            self.close_recording(relay.record, recorder, end)
+        relay.recording.close(reason, None, detail)
         self.close_record(relay, reason, None, detail)
-
-    def recording_lost_forward(self, relay: PgRelay, reason: str) -> None:
-        recorder, relay.recorder = relay.recorder, None
-        mandatory = relay.recording_mode == "mandatory"
-        self.gate.recording_lost(relay.record, reason, mandatory)
-        if recorder is not None:
-            recorder.loss_reported = True
-            self.gate.seal_failed(relay.record, recorder)
-        if mandatory:
-            relay.fail(EndReason.RECORDING_FAILED, f"{reason} - session closed")
-
-    def recording_mode_of(self, target: str) -> str:
-        return self.gateway.config.target_policy(target).recording
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # no remote forwards (-R) through the bastion
-
-
-def recording_header(session: Any, kind: str) -> dict[str, object]:
-    """The metadata at the head of a recording (a PTY session adds its terminal)."""
-    return {
-        "session": session.id,
-        "agent": session.agent,
-        "grant": session.grant_id,
-        "task": session.task,
-        "target": session.target,
-        "client": session.client,
-        "kind": kind,
-        "command": session.command,
-        "term_type": None,
-        "term_size": None,
-        "pty": False,
-        "started_at": session.started_at.isoformat(),
-    }
