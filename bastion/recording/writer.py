@@ -2,8 +2,9 @@
 
 Frames are queued in memory as a list of byte strings (a frame's header, then its
 payload as the relay received it: no copy on the event loop), written with one
-`writev` when they pass 1 MiB and at least every half second (the gateway's flusher
-calls `flush`), so a `kill -9` of the bastion loses at most that much. (Handing the
+`writev` when they pass 1 MiB and at least every quarter second (the gateway's flusher
+calls `flush`, `transport/recording.py`), so a `kill -9` of the bastion loses at most the
+last half second. (Handing the
 writer thread 256 KiB at a time cost the event loop a third more CPU in a bulk transfer:
 each hand-over is a wake-up and a GIL exchange.) The SHA-256 of
 everything written is computed when it closes, from the file (see `_digest`).
@@ -38,10 +39,6 @@ _IOV_MAX = 1024  # Linux's limit on the buffers of one writev
 
 class RecordingFailed(Exception):
     """The recording can't be created or written; the message says why."""
-
-
-class RecordingOff(Exception):
-    """The target's policy says its sessions are not recorded (`recording = "off"`)."""
 
 
 class Recorder:

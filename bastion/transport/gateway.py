@@ -33,13 +33,12 @@ from bastion.models import (
     RequestState,
 )
 from bastion.notify import Notifier
-from bastion.recording.writer import RecordingFailed
 from bastion.transport import asyncssh_fixes
 from bastion.transport.connection import GatewayConnection
 from bastion.transport.deadlines import DeadlineClock
 from bastion.transport.guard import DeadlineGuard
 from bastion.transport.pgrelay import PgRelay
-from bastion.transport.relay import SessionRelay
+from bastion.transport.recording import FLUSH_INTERVAL, SessionRecording
 from bastion.transport.reminders import remind_every
 
 # The deadline guard cuts a connection this long after its deadline plus the close grace.
@@ -67,7 +66,6 @@ LISTEN_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 POLL_INTERVAL = 0.2
 # With a store that pushes changes (PostgreSQL LISTEN/NOTIFY) the poll is only a fallback.
 FALLBACK_POLL_INTERVAL = 2.0
-FLUSH_INTERVAL = 0.5
 
 
 class Gateway:
@@ -91,7 +89,8 @@ class Gateway:
         # refusal of one was logged (one line a minute at most, in a flood).
         self.authenticating = 0
         self.startups_logged_at = -60.0
-        self.recorders: set[SessionRelay] = set()
+        # The recordings of live sessions (SSH and PostgreSQL alike), for the flusher.
+        self.recordings: set[SessionRecording] = set()
         # The BackendKeyData each PostgreSQL relay gave its client -> that relay.
         self.pg_backends: dict[tuple[int, bytes], PgRelay] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -297,18 +296,18 @@ class Gateway:
         task.add_done_callback(self._detached.discard)
 
     async def _flush_recordings(self) -> None:
-        """Write buffered recording frames at least every half second (crash durability)."""
+        """Hand every live recording's queued frames to the writer each FLUSH_INTERVAL,
+        on a fixed schedule (crash durability: see `transport/recording.py`)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            for relay in list(self.recorders):
-                recorder = relay.recorder
-                if recorder is None:
-                    self.recorders.discard(relay)
-                    continue
+            due = max(due + FLUSH_INTERVAL, loop.time())  # no drift; missed ticks skipped
+            await asyncio.sleep(due - loop.time())
+            for recording in list(self.recordings):
                 try:
-                    recorder.flush()
-                except RecordingFailed as exc:
-                    relay.recording_failed(str(exc))
+                    recording.flush()  # a failed write is handled by the recording
+                except Exception:
+                    log.exception("flushing a recording failed")
 
     # -- approvals ---------------------------------------------------------------
 

@@ -93,14 +93,14 @@ def _live_channel(
             kind=record.kind,
             command=record.command if record.kind is SessionKind.EXEC else None,
             approved=relay.approved,
-            recorded=relay.recorder is not None,
+            recorded=relay.recording.active,
         )
     if isinstance(relay, PgRelay):
         return LiveChannel(
             grant=grant,
             target=relay.target,
             kind=SessionKind.FORWARD,
-            recorded=relay.recorder is not None,
+            recorded=relay.recording.active,
             database=relay.database,
         )
     if relay.target is None or relay.record is None:

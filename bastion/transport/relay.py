@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncssh
 
 from bastion.models import EndReason, SessionKind, Target
-from bastion.recording.writer import Recorder, RecordingFailed, RecordingOff
+from bastion.recording.writer import RecordingFailed
+from bastion.transport.recording import SessionRecording, recording_header
 
 if TYPE_CHECKING:
     from bastion.transport.connection import GatewayConnection
@@ -46,7 +47,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         self._lost = False
         self.bytes_up = 0
         self.bytes_down = 0
-        self.recorder: Recorder | None = None
+        self.recording = SessionRecording(conn, self)
         self._task: asyncio.Task[None] | None = None
         # How the session ended before its record was written (see `_end`).
         self._early_end: tuple[EndReason, int | None, str] | None = None
@@ -106,25 +107,24 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         if self._ended:  # cut short (expiry, revocation) while the record was written
             self._end_recorded()
             return False
-        starting = asyncio.ensure_future(self.conn.start_recording(self))
+        # The mode this session runs under: a reload of bastion.toml changes it only to a
+        # stricter one (`transport/reconfigure.py`).
+        self.recording_mode = self.conn.recording_mode
+        header = recording_header(self.record, kind.value, self.pty)
+        starting = asyncio.ensure_future(self.recording.start(header))
         try:
-            self.recorder = await asyncio.shield(starting)
+            await asyncio.shield(starting)
         except asyncio.CancelledError:
             starting.add_done_callback(self._recording_late)  # the channel closed meanwhile
             raise
-        except RecordingOff:
-            pass
-        except RecordingFailed as exc:
-            if self.recording_mode == "mandatory":
-                # Never a session running unrecorded: refuse it, saying why.
-                self.fail(EndReason.RECORDING_FAILED, f"{exc} - session refused")
-                return False
-            self.conn.recording_lost(self, str(exc), ended_session=False)
+        except RecordingFailed as exc:  # mandatory: never a session running unrecorded
+            self.fail(EndReason.RECORDING_FAILED, f"{exc} - session refused")
+            return False
         if self._ended:
             self._end_recorded()
             return False
         for chunk in self._pending:  # typed while the record was written
-            self.to_recording("input", chunk)
+            self.recording.input(chunk)
         return True
 
     def _record_late(self, opening: asyncio.Future[Any]) -> None:
@@ -134,11 +134,11 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         self.record = opening.result()
         self._end_recorded()
 
-    def _recording_late(self, starting: asyncio.Future[Recorder]) -> None:
+    def _recording_late(self, starting: asyncio.Future[None]) -> None:
         """The recording began after the channel closed (and the record ended): close it."""
         if starting.cancelled() or starting.exception() is not None:
             return
-        self.conn.finish_recording(self, starting.result(), reason=EndReason.CLIENT_CLOSED)
+        self.recording.close(EndReason.CLIENT_CLOSED)
 
     def _end_recorded(self) -> None:
         reason, exit_status, detail = self._early_end or (EndReason.CLIENT_CLOSED, None, "")
@@ -203,31 +203,9 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             up.write_eof()
         self.chan.resume_reading()
 
-    def to_recording(self, method: str, *args: Any) -> None:
-        """Append to the recording; a failed write ends the session unless best-effort."""
-        if self.recorder is None:
-            return
-        try:
-            getattr(self.recorder, method)(*args)
-        except RecordingFailed as exc:
-            self.recording_failed(str(exc))
-
-    def recording_failed(self, reason: str) -> None:
-        recorder, self.recorder = self.recorder, None
-        if recorder is not None:
-            recorder.loss_reported = True  # audited just below
-            recorder.abandon()
-            self.conn.finish_recording(self, recorder)
-        if self.recording_mode == "mandatory":
-            self.conn.recording_lost(self, reason, ended_session=True)
-            self.fail(EndReason.RECORDING_FAILED, f"{reason} - session closed")
-        else:
-            self.conn.recording_lost(self, reason, ended_session=False)
-
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.bytes_up += len(data)
-        if self.recorder is not None:
-            self.to_recording("input", data)
+        self.recording.input(data)
         if self.up is not None:
             self.up.write(data, datatype)
             return
@@ -252,7 +230,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             self.up.resume_reading()
 
     def terminal_size_changed(self, width: int, height: int, pixw: int, pixh: int) -> None:
-        self.to_recording("resize", width, height)
+        self.recording.resize(width, height)
         if self.up is not None:
             self.up.change_terminal_size(width, height, pixw, pixh)
         elif self.pty is not None:
@@ -305,7 +283,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             return
         nl = "\r\n" if self.pty is not None else "\n"
         lead = nl if new_line else ""
-        self.to_recording("marker", message)
+        self.recording.marker(message)
         with contextlib.suppress(OSError, asyncssh.Error):
             self.chan.write(f"{lead}{message}{nl}".encode(), STDERR)
 
@@ -336,11 +314,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             self._early_end = (reason, exit_status, detail)
             return
         self._ended = True
-        recorder, self.recorder = self.recorder, None
-        if recorder is not None:
-            self.conn.finish_recording(
-                self, recorder, reason=reason, exit_status=exit_status, detail=detail
-            )
+        self.recording.close(reason, exit_status, detail)
         self.conn.close_record(self, reason, exit_status, detail)
 
 
@@ -353,8 +327,7 @@ class _UpstreamHalf(asyncssh.SSHClientSession[bytes]):
     def data_received(self, data: bytes, datatype: int | None) -> None:
         down = self.down
         down.bytes_down += len(data)
-        if down.recorder is not None:
-            down.to_recording("output", data, datatype == STDERR)
+        down.recording.output(data, datatype == STDERR)
         with contextlib.suppress(OSError, asyncssh.Error):
             self.down.chan.write(data, datatype)
 

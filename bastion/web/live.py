@@ -7,7 +7,7 @@ Live (`events_endpoint`) tails the recording file while the session runs, as ser
 events in the shape the asciinema player's `eventsource` driver reads: first the terminal
 size and everything shown so far (`init`, the last `_INIT_LIMIT` characters of it), then
 one `[time, "o", text]` event per output frame as the writer flushes it (at least every
-half second), and a `done` event when the recording ends. A PostgreSQL session's
+quarter second), and a `done` event when the recording ends. A PostgreSQL session's
 statement log is shown as psql-like text lines. Read-only: the stream never writes to the
 session. The file is polled (`_POLL_S`) rather than watched: it works the same on any
 file system and costs one `read` per poll per watcher.
