@@ -328,10 +328,11 @@ class _Compiled(NamedTuple):
 
 
 @lru_cache(maxsize=64)
-def _compile(rules: tuple[StatementRule, ...]) -> _Compiled:
+def _compile(rules: tuple[StatementRule, ...], sees_execute: bool = False) -> _Compiled:
     index: dict[str, list[_Matcher]] = {}
     keywords: set[str] | None = set()
-    for rule in (_DO, _EXECUTE, *(_RULES[r.name] for r in dict.fromkeys(rules))):
+    always = (_DO,) if sees_execute else (_DO, _EXECUTE)
+    for rule in (*always, *(_RULES[r.name] for r in dict.fromkeys(rules))):
         for node_type in rule.types:
             index.setdefault(node_type, []).append(rule.match)
         if keywords is not None and rule.keywords is not None:
@@ -348,8 +349,12 @@ def _compile(rules: tuple[StatementRule, ...]) -> _Compiled:
 Ruleset = _Compiled  # `StatementRule`s made ready for matching (`compile_rules`)
 
 
-def compile_rules(rules: Sequence[StatementRule] = DEFAULT_RULES) -> Ruleset:
-    return _compile(tuple(rules))
+def compile_rules(
+    rules: Sequence[StatementRule] = DEFAULT_RULES, *, sees_execute: bool = False
+) -> Ruleset:
+    """`sees_execute`: the caller tracks prepared statements by name itself (the relay's
+    gate, with `statement_ops`), so SQL EXECUTE is not held for being unseeable."""
+    return _compile(tuple(rules), sees_execute)
 
 
 def classify_sql(
@@ -415,6 +420,60 @@ def _classify(sql: str, compiled: _Compiled, with_kinds: bool) -> Allowed | Need
     except _Unreadable as exc:
         return NeedsApproval((str(exc),))
     except Exception as exc:  # a classifier bug must fail closed, not break the relay
+        return NeedsApproval((f"unclassifiable: {type(exc).__name__}: {exc}",))
+
+
+@dataclass(frozen=True)
+class StatementOps:
+    """One statement of a text, for a caller that tracks prepared statements by name:
+    what needs approval in it, and what it does to the session's prepared statements."""
+
+    reasons: tuple[str, ...]  # what needs approval (EXECUTE excepted: see `executes`)
+    prepares: str | None = None  # PREPARE name AS ...
+    executes: tuple[str, ...] = ()  # EXECUTE name, wherever it runs now (EXPLAIN ANALYZE, CTAS)
+    deallocates: str | None = None  # DEALLOCATE name; "" is DEALLOCATE ALL or DISCARD ALL
+
+
+# Words one of which a text holds if any statement of it touches prepared statements.
+PREPARED_WORDS = ("prepare", "execute", "deallocate", "discard")
+
+
+def statement_ops(sql: str, ruleset: Ruleset) -> tuple[StatementOps, ...] | NeedsApproval:
+    """Each statement of `sql`, in order (`ruleset` compiled with `sees_execute`); a
+    NeedsApproval when the text can't be read at all."""
+    try:
+        raw, tree_json = _parse(sql)
+        found: list[StatementOps] = []
+        for entry in _statements(tree_json):
+            top_type, top_fields = _typed(entry["stmt"])
+            kind = _kind(top_type, top_fields)
+            reasons: list[str] = []
+            executes: list[str] = []
+            for node_type, fields in _walk(top_type, top_fields):
+                if node_type == "ExecuteStmt":
+                    executes.append(str(fields.get("name", "")))
+                for match in ruleset.matchers.get(node_type, ()):
+                    label = match(node_type, fields, kind)
+                    if label is not None:
+                        reasons.append(label)
+            text = _statement_text(raw, entry) if reasons else ""
+            deallocates: str | None = None
+            if top_type == "DeallocateStmt":
+                deallocates = "" if top_fields.get("isall") else str(top_fields.get("name", ""))
+            elif top_type == "DiscardStmt" and top_fields.get("target") == "DISCARD_ALL":
+                deallocates = ""
+            found.append(
+                StatementOps(
+                    tuple(dict.fromkeys(f"{label}: {text}" for label in reasons)),
+                    str(top_fields.get("name", "")) if top_type == "PrepareStmt" else None,
+                    tuple(executes),
+                    deallocates,
+                )
+            )
+        return tuple(found)
+    except _Unreadable as exc:
+        return NeedsApproval((str(exc),))
+    except Exception as exc:  # a classifier bug must fail closed
         return NeedsApproval((f"unclassifiable: {type(exc).__name__}: {exc}",))
 
 

@@ -341,8 +341,8 @@ def pg_relay(batches: int, batch: int) -> dict[str, Any]:
             conn,  # type: ignore[arg-type]
             Fake(name="pg", database="d", user="u"),  # type: ignore[arg-type]
             Fake(agent="bench", grant_id="g"),
-            recorder,
         )
+        relay.recording._recorder = recorder  # as `SessionRecording.start` leaves it
         relay.connection_made(chan)
         # Past the login (which needs a server): the relay's state after `_connect`.
         relay._client.receive_data(pgwire.encode(pgwire.StartupMessage({"user": "u"})))

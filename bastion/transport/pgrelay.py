@@ -42,30 +42,26 @@ import contextlib
 import json
 import logging
 import secrets
-from collections import deque
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from bastion import pgwire, sqlclass
+from bastion import pggate, pgwire, sqlclass
 from bastion.approvalnotice import pg_reminder
 from bastion.models import Approval, ApprovalState, EndReason, Target
 from bastion.recording import format as fmt
 from bastion.transport import pgupstream
+from bastion.transport.recording import SessionRecording
 
 if TYPE_CHECKING:
-    from bastion.recording.writer import Recorder
     from bastion.transport.connection import GatewayConnection
 
 log = logging.getLogger("bastion.postgres")
 
-# The backend messages `_server_frame` has nothing to do with, passed on unread.
-_PASSED_TYPES = frozenset(bytes([i]) for i in range(256)) - {b"C", b"I", b"s", b"E", b"Z"}
-_UNSEEN: Any = object()
-_PARAM_LIMIT = 200
-_SQL_LIMIT = 10_000
+# The backend messages the gate has nothing to do with, passed on unread (rows, in runs).
+_PASSED_TYPES = frozenset(bytes([i]) for i in range(256)) - pggate.WATCHED
+_SQL_LIMIT = pggate.SQL_LIMIT
 _HELD_LIMIT = 1 << 20
 _PASSED_PARAMETERS = (
     "application_name",
@@ -76,41 +72,16 @@ _PASSED_PARAMETERS = (
     "extra_float_digits",
     "search_path",
 )
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One statement (or extended batch end) waiting for its answer from the server."""
-
-    kind: str  # "query" | "execute" | "sync" | "denied-query" | "denied-batch"
-    sql: str = ""
-    params: list[str | None] | None = None
-    started: float = 0.0
-    rows: int = 0
-    tags: list[str] = field(default_factory=list)
-    error: str | None = None
-    verdict: str = "allowed"
-    saw_marker: bool = False
-
-
-def deny_statement(message: str, sqlstate: str = "42501") -> str:
-    """A DO block that makes the server itself raise `message` with `sqlstate`."""
-    text = message.replace("'", "''").replace("$", "")
-    return (
-        f"DO $bastion$ BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = "
-        f"'{text}'; END $bastion$"
-    )
+deny_statement = pggate.deny_statement
 
 
 class PgRelay(asyncssh.SSHTCPSession[bytes]):
-    def __init__(
-        self, conn: GatewayConnection, target: Target, record: Any, recorder: Recorder | None
-    ) -> None:
+    def __init__(self, conn: GatewayConnection, target: Target, record: Any) -> None:
         self.conn = conn
         self.gateway = conn.gateway
         self.target = target
         self.record = record
-        self.recorder = recorder
+        self.recording = SessionRecording(conn, self)  # started by the connection
         self.chan: Any = None
         self.bytes_up = 0
         self.bytes_down = 0
@@ -118,20 +89,9 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._login: pgupstream.PgLogin | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._phase = "startup"
-        self._held: list[pgwire.Frame] = []
         self._holding = False
-        self._discard_until_sync = False
-        self._pending: deque[_Pending] = deque()
-        self._statements: dict[str, str] = {}
-        self._verdicts: dict[str, str] = {}
-        # Prepared statements that needed approval: why, and those whose approval still
-        # covers an execution (the next Bind).
-        self._reasons: dict[str, tuple[str, ...]] = {}
-        self._covered: set[str] = set()
-        self._verdict_cache: dict[str, sqlclass.NeedsApproval | None] = {}
+        self._waiting: pgwire.Frame | None = None  # fed to the gate again once it can judge
         self._client_cancel: asyncio.Event | None = None
-        self._replacement: bytes | None = None
-        self._portals: dict[str, tuple[str, list[str | None]]] = {}
         self._client_paused = False  # the SSH channel's buffer is full: stop reading the target
         self._server: _ServerSide | None = None
         self._ended = False
@@ -140,13 +100,16 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)
         )
         policy = self.gateway.config.target_policy(target.name)
-        self._rule_names = self.gateway.config.statement_rules(target.name)
-        self._rules = sqlclass.compile_rules(self._rule_names)
-        self._redact = policy.redact_parameters
+        self._now = conn.gate.bastion.clock.monotonic  # statement timing for the query log
+        self.gate = pggate.StatementGate(
+            self.gateway.config.statement_rules(target.name),
+            redact=policy.redact_parameters,
+            now=self._now,
+            on_done=self._write_log,
+        )
         self._databases = policy.databases
         self.recording_mode = policy.recording
         self.database: str | None = None  # once logged in upstream
-        self._now = conn.gate.bastion.clock.monotonic  # statement timing for the query log
 
     # -- the agent's side ---------------------------------------------------------
 
@@ -157,11 +120,11 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.bytes_up += len(data)
         try:
-            if self._phase == "ready" and not self._holding and not self._discard_until_sync:
+            if self._phase == "ready" and not self._holding and self._waiting is None:
                 # The usual read, one whole Query: what `_pump` does, without buffering it.
                 frame = self._client.lone_frame(data)
                 if frame is not None and frame[0] == b"Q":
-                    if not self._gate(frame, []):
+                    if self._decide(frame, []):
                         self._flush([data])
                     return
             self._client.receive_data(data)
@@ -229,7 +192,18 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     async def _connect(self, startup: pgwire.StartupMessage) -> None:
         params = startup.parameters
         wanted = params.get("database") or params.get("user") or ""
-        database = wanted if wanted in self._databases else (self.target.database or "")
+        allowed = tuple(dict.fromkeys([self.target.database or "", *self._databases]))
+        if wanted not in allowed:
+            # As PostgreSQL itself would refuse a database it doesn't have (3D000), and
+            # never another database than the one asked for.
+            self._fatal(
+                "3D000",
+                f"[bastion] database {wanted!r} is not allowed through target"
+                f" {self.target.name} (allowed: {', '.join(allowed)})",
+                EndReason.DENIED,
+            )
+            return
+        database = wanted
         extra = {k: params[k] for k in _PASSED_PARAMETERS if k in params}
         agent = self.record.agent
         extra["application_name"] = f"{extra.get('application_name', 'client')} (bastion: {agent})"
@@ -254,22 +228,18 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._login = login
         self._writer = login.writer
         self.database = database
+        if login.backend_key is not None:
+            # The server's real PID (pg_backend_pid(), pg_stat_activity, notifications
+            # agree); only the secret is the bastion's, mapped back for cancel requests.
+            self.fake_key = pgwire.BackendKeyData(login.backend_key.pid, self.fake_key.key)
         self.gateway.pg_backends[(self.fake_key.pid, self.fake_key.key)] = self
+        self.gate.startup_parameters(login.parameters)
         self._send(
             pgwire.AuthenticationOk(),
             *login.parameters,
             self.fake_key,
             pgwire.ReadyForQuery(login.status),
         )
-        if database != wanted and wanted:
-            self._send(
-                pgwire.NoticeResponse.build(
-                    "NOTICE",
-                    "01000",
-                    f"[bastion] database {wanted!r} is not allowed for this target;"
-                    f" connected to {database!r}",
-                )
-            )
         self._log_event("connected", {"database": database, "user": self.target.user})
         self._phase = "ready"
         self._attach_server(login)
@@ -279,37 +249,58 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     # -- frontend frames ------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Forward the agent's whole frames, holding at a statement that needs approval."""
+        """Forward the agent's whole frames as the gate decides: hold at a statement that
+        needs approval, wait where the gate can't judge yet."""
         out: list[bytes] = []
         while not self._holding and self._phase == "ready":
-            frame = self._client.next_frame()
+            frame: pgwire.Frame | pgwire.Signal
+            if self._waiting is not None:
+                frame, self._waiting = self._waiting, None
+            else:
+                frame = self._client.next_frame()
             if frame is pgwire.NEED_DATA:
                 break
             if frame is pgwire.CLOSED:
                 self._flush(out)
                 self._close(EndReason.CLIENT_CLOSED, "")
                 return
-            kind = frame[0]
-            if self._discard_until_sync:
-                if kind != b"S":
-                    continue
-                self._discard_until_sync = False
-            if kind in (b"Q", b"P") and self._gate(frame, out):
+            if self._decide(frame, out):
+                out.append(frame[1])
+            elif self._phase != "ready" or self._holding or self._waiting is not None:
                 break
-            if kind == b"B":
-                if self._gate_bind(frame, out):
-                    break
-            elif kind == b"E":
-                self._note_execute(frame)
-            elif kind == b"S":
-                self._pending.append(_Pending("sync"))
-            elif kind == b"X":
-                self._flush(out)
-                out = []
-                self._close(EndReason.CLIENT_CLOSED, "")
-                return
-            out.append(frame[1])
         self._flush(out)
+
+    def _decide(self, frame: pgwire.Frame, out: list[bytes]) -> bool:
+        """The gate's decision on `frame`, carried out; True when it is to be sent."""
+        decision = self.gate.client(frame)
+        if decision is pggate.FORWARD:
+            return True
+        if decision is pggate.DROP:
+            return False
+        if decision is pggate.WAIT:
+            # Until the server answers what is in flight: `_server_data` pumps again.
+            self._flush(out)
+            out.clear()
+            self._waiting = frame
+            self.chan.pause_reading()
+            return False
+        if decision is pggate.TERMINATE:
+            self._flush(out)
+            out.clear()
+            self._close(EndReason.CLIENT_CLOSED, "")
+            return False
+        if isinstance(decision, pggate.Fatal):
+            self._flush(out)
+            out.clear()
+            self._fatal(decision.sqlstate, decision.message, EndReason.CLIENT_CLOSED)
+            return False
+        assert isinstance(decision, pggate.Hold)
+        self._flush(out)
+        out.clear()
+        self._holding = True
+        self.chan.pause_reading()
+        self._spawn(self._approve(decision))
+        return False
 
     def _flush(self, out: list[bytes]) -> None:
         if out and self._writer is not None:
@@ -324,134 +315,40 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         if not self._ended:
             self.chan.resume_reading()
 
-    def _gate(self, frame: pgwire.Frame, out: list[bytes]) -> bool:
-        """Classify a Query or Parse; True when it is held for approval."""
-        parse: pgwire.Parse | None = None
-        if frame[0] == b"Q":
-            sql = pgwire.query_text(frame)  # every simple query: no message object
-        else:  # (a cast, not an assert, on this path: the decoder is chosen by type byte)
-            parse = cast(pgwire.Parse, pgwire.decode_frontend(frame))
-            sql = parse.query
-        verdict = self._verdict_cache.get(sql, _UNSEEN)
-        if verdict is _UNSEEN:
-            # Drivers send the same Parse text on every execute: classify it once.
-            verdict = sqlclass.check_sql(sql, self._rules)
-            if len(self._verdict_cache) >= 256:
-                self._verdict_cache.clear()
-            self._verdict_cache[sql] = verdict
-        if verdict is not None:
-            self._hold(frame, parse or pgwire.decode_frontend(frame), sql, verdict.reasons, out)
-            return True
-        if parse is None:
-            self._admit_query(sql, "allowed")
-        else:
-            self._admit(parse, sql, "allowed")
-        return False
-
-    def _gate_bind(self, frame: pgwire.Frame, out: list[bytes]) -> bool:
-        """An approval covers one execution: the Bind that follows an approved Parse.
-        Binding that prepared statement again (running it again) waits for a new
-        approval. (Fetching more rows from the same portal is the same execution.)"""
-        bind = cast(pgwire.Bind, pgwire.decode_frontend(frame))
-        reasons = self._reasons.get(bind.statement)
-        if reasons is not None:
-            if bind.statement in self._covered:
-                self._covered.discard(bind.statement)
-            else:
-                sql = self._statements.get(bind.statement, "")
-                self._hold(frame, bind, sql, reasons, out)
-                return True
-        self._note_bind(bind)
-        return False
-
-    def _hold(
-        self,
-        frame: pgwire.Frame,
-        message: pgwire.FrontendMessage,
-        sql: str,
-        reasons: tuple[str, ...],
-        out: list[bytes],
-    ) -> None:
-        """Hold `frame` and everything after it until a human decides."""
-        self._flush(out)
-        out.clear()
-        self._holding = True
-        self.chan.pause_reading()
-        self._spawn(self._approve(frame, message, sql, reasons))
-
-    def _admit(
-        self,
-        message: pgwire.FrontendMessage,
-        sql: str,
-        verdict: str,
-        reasons: tuple[str, ...] | None = None,
-    ) -> None:
-        """Let a statement through; `reasons` when it needed (and got) approval."""
-        if isinstance(message, pgwire.Query):
-            self._admit_query(sql, verdict)
-        elif isinstance(message, pgwire.Parse):
-            self._statements[message.name] = sql
-            self._verdicts[message.name] = verdict
-            if reasons is None:
-                self._reasons.pop(message.name, None)
-                self._covered.discard(message.name)
-            else:  # approved for one execution
-                self._reasons[message.name] = reasons
-                self._covered.add(message.name)
-        elif isinstance(message, pgwire.Bind):  # approved again, for this execution
-            self._verdicts[message.statement] = verdict
-            self._note_bind(message)
-
-    def _admit_query(self, sql: str, verdict: str) -> None:
-        self._pending.append(_Pending("query", sql=sql, started=self._now(), verdict=verdict))
-
-    def _note_bind(self, bind: pgwire.Bind) -> None:
-        params: list[str | None] = []
-        for index, value in enumerate(bind.params):
-            params.append(self._param(bind, index, value))
-        self._portals[bind.portal] = (bind.statement, params)
-
-    def _param(self, bind: pgwire.Bind, index: int, value: bytes | None) -> str | None:
-        if value is None:
-            return None
-        if self._redact:
-            return "<redacted>"
-        formats = bind.param_formats
-        binary = (formats[index] if len(formats) > 1 else formats[0] if formats else 0) == 1
-        text = ("\\x" + value.hex()) if binary else value.decode("utf-8", errors="replace")
-        return text if len(text) <= _PARAM_LIMIT else text[:_PARAM_LIMIT] + "…"
-
-    def _note_execute(self, frame: pgwire.Frame) -> None:
-        execute = cast(pgwire.Execute, pgwire.decode_frontend(frame))
-        statement, params = self._portals.get(execute.portal, ("", []))
-        self._pending.append(
-            _Pending(
-                "execute",
-                sql=self._statements.get(statement, ""),
-                params=params,
-                started=self._now(),
-                verdict=self._verdicts.get(statement, "allowed"),
-            )
-        )
-
     # -- approvals ------------------------------------------------------------------
 
-    async def _approve(
-        self,
-        frame: pgwire.Frame,
-        message: pgwire.FrontendMessage,
-        sql: str,
-        reasons: tuple[str, ...],
-    ) -> None:
+    async def _approve(self, hold: pggate.Hold) -> None:
+        """Wait for a human's decision on `hold`, then send the statement or its refusal.
+        Whatever fails on the way ends in a refusal the client sees, never a hang."""
+        try:
+            data = await self._decision(hold)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("approval of a statement failed; refusing it")
+            data = self.gate.refused(
+                hold,
+                "refused: the approval failed",
+                f"[bastion] statement refused: its approval failed ({type(exc).__name__})",
+            )
+        if self._ended or data is None:
+            return
+        self._flush([data])
+        self._holding = False
+        self.chan.resume_reading()
+        self._pump()
+
+    async def _decision(self, hold: pggate.Hold) -> bytes | None:
         gate = self.conn.gate
+        sql = hold.sql
         timeout = self.gateway.config.approvals.timeout
         approval = await asyncio.to_thread(
-            gate.request_approval, self.record, "statement", sql, reasons, timeout
+            gate.request_approval, self.record, "statement", sql, hold.reasons, timeout
         )
         if self._ended:
             ended = "the session ended while waiting"
             await asyncio.to_thread(gate.expire_approval, approval, ended)
-            return
+            return None
         wait = _duration_text(timeout.total_seconds())
         self._send(
             pgwire.NoticeResponse.build(
@@ -486,43 +383,23 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         else:
             decided = waiting.result()
         if self._ended:
-            return
+            return None
         if decided.state is ApprovalState.APPROVED:
             self._send(
                 pgwire.NoticeResponse.build(
                     "NOTICE", "01000", f"[bastion] approved by {decided.decided_by} ({approval.id})"
                 )
             )
-            verdict = f"approved {approval.id} by {decided.decided_by}"
-            self._admit(message, sql, verdict, reasons)
-            self._flush([frame[1]])
+            return self.gate.approved(hold, f"approved {approval.id} by {decided.decided_by}")
+        sqlstate = "42501"
+        if decided.state is ApprovalState.DENIED:
+            reason = f"denied by {decided.decided_by}: {decided.decision_reason}"
+        elif decided.decision_reason == "cancelled by the client":
+            reason, sqlstate = "canceling statement due to user request", "57014"
         else:
-            sqlstate = "42501"
-            if decided.state is ApprovalState.DENIED:
-                reason = f"denied by {decided.decided_by}: {decided.decision_reason}"
-            elif decided.decision_reason == "cancelled by the client":
-                reason, sqlstate = "canceling statement due to user request", "57014"
-            else:
-                reason = f"approval timed out after {wait}"
-            text = f"[bastion] statement refused ({approval.id}): {reason}"
-            verdict = f"{decided.state.value} {approval.id}"
-            refusal = pgwire.encode(pgwire.Query(deny_statement(text, sqlstate)))
-            if isinstance(message, pgwire.Query):
-                self._pending.append(
-                    _Pending("denied-query", sql=sql, started=self._now(), verdict=verdict)
-                )
-            else:
-                # The client's messages up to its Sync are dropped; its Sync is forwarded
-                # and answers the batch. The DO's own ReadyForQuery is swallowed (or, if the
-                # server was skipping to Sync after an earlier error, it ignores the DO).
-                self._discard_until_sync = True
-                self._pending.append(
-                    _Pending("denied-batch", sql=sql, started=self._now(), verdict=verdict)
-                )
-            self._flush([refusal])
-        self._holding = False
-        self.chan.resume_reading()
-        self._pump()
+            reason = f"approval timed out after {wait}"
+        text = f"[bastion] statement refused ({approval.id}): {reason}"
+        return self.gate.refused(hold, f"{decided.state.value} {approval.id}", text, sqlstate)
 
     def _remind(self, approval: Approval, waited: float, timeout: timedelta) -> None:
         """Another NOTICE while the statement waits: psql prints it, pg_dump -v logs it.
@@ -573,15 +450,23 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                     if run:
                         out.append(run)
                     continue
-                if self._server_frame(frame):
-                    out.append(self._replacement or frame[1])
-                self._replacement = None
+                decision = self.gate.server(frame)
+                if decision is pggate.PASS:
+                    out.append(frame[1])
+                elif decision is not pggate.SWALLOW:
+                    assert isinstance(decision, bytes)
+                    out.append(decision)
             if out:
                 self._to_client(out)
                 if self._client_paused:
                     self._server.transport.pause_reading()  # until the agent's side drains
         except pgwire.ProtocolError as exc:
             self._server_lost(exc)
+            return
+        if self._waiting is not None and not self._holding:
+            self._pump()  # the gate may judge the frame it made wait now
+            if self._waiting is None and not self._holding and not self._ended:
+                self.chan.resume_reading()
 
     def _server_lost(self, exc: Exception) -> None:
         if not self._ended:
@@ -595,70 +480,10 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         except (OSError, asyncssh.Error):
             pass
 
-    def _server_frame(self, frame: pgwire.Frame) -> bool:
-        """Account for one backend message; False when it must not reach the agent."""
-        kind = frame[0]
-        if kind == b"C":
-            tag = pgwire.command_tag(frame)
-            entry = self._head(("query", "execute"))
-            if entry is not None:
-                entry.tags.append(tag)
-                entry.rows += pgwire.tag_rows(tag) or 0
-                if entry.kind == "execute":
-                    self._done(entry)
-        elif kind in (b"I", b"s"):
-            entry = self._head(("execute",))
-            if entry is not None:
-                self._done(entry)
-        elif kind == b"E":
-            error = cast(pgwire.ErrorResponse, pgwire.decode_backend(frame))
-            entry = self._head(("query", "execute", "denied-query", "denied-batch"))
-            if entry is not None:
-                entry.error = f"{error.sqlstate} {error.message}"
-                if entry.kind.startswith("denied") and error.message.startswith("[bastion]"):
-                    entry.saw_marker = True
-                    # Our refusal: without the PL/pgSQL context of the DO that raised it.
-                    fields = {k: v for k, v in error.fields.items() if k in "SVCM"}
-                    self._replacement = pgwire.encode(pgwire.ErrorResponse(fields))
-                if entry.kind == "execute":
-                    self._done(entry)
-        elif kind == b"Z":
-            return self._ready_for_query(frame)
-        return True
-
-    def _head(self, kinds: tuple[str, ...]) -> _Pending | None:
-        return self._pending[0] if self._pending and self._pending[0].kind in kinds else None
-
-    def _ready_for_query(self, frame: pgwire.Frame) -> bool:
-        # Executes left before the batch's end were skipped by the server after an error.
-        while self._pending and self._pending[0].kind == "execute":
-            skipped = self._pending[0]
-            skipped.error = skipped.error or "not executed (an earlier statement failed)"
-            self._done(skipped)
-        if not self._pending:
-            return True
-        entry = self._pending.popleft()
-        if entry.kind == "denied-batch":
-            self._write_log(entry)
-            if entry.saw_marker:
-                return False  # the DO's own answer; the client's Sync gets the next one
-            # The server skipped the DO: this answers the client's Sync.
-            if self._pending and self._pending[0].kind == "sync":
-                self._pending.popleft()
-            return True
-        if entry.kind != "sync":
-            self._write_log(entry)
-        return True
-
-    def _done(self, entry: _Pending) -> None:
-        with contextlib.suppress(ValueError):
-            self._pending.remove(entry)
-        self._write_log(entry)
-
     # -- the query log ----------------------------------------------------------------
 
-    def _write_log(self, entry: _Pending) -> None:
-        if self.recorder is None:
+    def _write_log(self, entry: pggate.Pending) -> None:
+        if not self.recording.active:
             return
         line = fmt.query_entry(
             entry.sql[:_SQL_LIMIT],
@@ -672,18 +497,14 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         self._record(line)
 
     def _log_event(self, event: str, details: dict[str, Any]) -> None:
-        if self.recorder is not None:
+        if self.recording.active:
             self._append({"event": event, **details})
 
     def _append(self, record: dict[str, Any]) -> None:
         self._record(json.dumps(record).encode())
 
     def _record(self, line: bytes) -> None:
-        assert self.recorder is not None
-        try:
-            self.recorder.query(line)
-        except Exception as exc:  # RecordingFailed
-            self.conn.recording_lost_forward(self, str(exc))
+        self.recording.query(line)  # a failed write is the recording's to handle
 
     # -- the end ----------------------------------------------------------------------
 
@@ -703,11 +524,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
     ) -> None:
         """A reloaded bastion.toml's policy, where stricter than the one this session
         started with: statements the new rules hold are held from now on too."""
-        if rules != self._rule_names:
-            self._rule_names = tuple(dict.fromkeys(self._rule_names + rules))
-            self._rules = sqlclass.compile_rules(self._rule_names)
-            self._verdict_cache.clear()
-        self._redact = self._redact or redact
+        self.gate.tighten(rules, redact)
         self._databases = tuple(d for d in self._databases if d in databases)
         if recording_mode == "mandatory":
             self.recording_mode = recording_mode
@@ -716,7 +533,7 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         """Forced close (expiry, revocation, kill, shutdown): say why, cancel, close."""
         if self._ended:
             return
-        if self._pending and self._login is not None and not self._holding:
+        if self.gate.in_flight and self._login is not None and not self._holding:
             # Not one of the relay's own tasks: those are cancelled as it closes.
             self.gateway.run_detached(self.cancel_running())
         self._fatal("57P01", f"[bastion] {message}", reason)

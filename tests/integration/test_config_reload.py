@@ -209,8 +209,9 @@ def test_a_postgres_session_whose_database_left_the_allow_list_is_closed(
             assert "target policy changed" in str(refused.value)
             assert f"database '{alt_db}' is no longer allowed on prod-db" in str(refused.value)
             assert staying.execute("select current_database()").fetchone() == (pg.APP_DB,)
-        # A new connection asking for it gets the registered database, as at start-up.
+        # A new connection asking for it is refused, as at start-up.
         result = pg.psql(tunnel.port, "select current_database()", db=alt_db)
-        assert result.stdout == f"{pg.APP_DB}\n"
+        assert result.stdout == ""
+        assert f"database '{alt_db}' is not allowed through target prod-db" in result.stderr
     finally:
         tunnel.stop()

@@ -96,15 +96,21 @@ def test_psql_runs_as_the_registered_role_without_a_password(
     assert result.stderr == ""
 
 
-def test_database_outside_the_allow_list_gets_the_registered_one(tunnel: pg.Tunnel) -> None:
+def test_database_outside_the_allow_list_is_refused_as_postgresql_would(
+    tunnel: pg.Tunnel, alt_db: str
+) -> None:
+    """Never another database than the one asked for (`pg_restore -d app2` must not write
+    into the registered one): FATAL 3D000, naming the databases allowed."""
     result = pg.psql(tunnel.port, "select current_user, current_database()", db="postgres")
 
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "app|appdb\n"
-    assert result.stderr == (
-        "NOTICE:  [bastion] database 'postgres' is not allowed for this target;"
-        " connected to 'appdb'\n"
-    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert (
+        "FATAL:  [bastion] database 'postgres' is not allowed through target prod-db"
+        f" (allowed: appdb, {alt_db})"
+    ) in result.stderr
+    with pytest.raises(psycopg.OperationalError, match="database 'postgres' is not allowed"):
+        pg.connect(tunnel.port, dbname="postgres")
 
 
 def test_database_in_the_allow_list_is_used(tunnel: pg.Tunnel, alt_db: str) -> None:
@@ -768,15 +774,17 @@ def test_ctrl_c_in_psql_cancels_the_running_query(
 def test_cancel_request_only_works_within_the_same_grant(
     pg_gateway: Server, tunnel: pg.Tunnel, postgres: Postgres
 ) -> None:
-    """The BackendKeyData the agent gets is the bastion's own; quoting it through another
-    grant's tunnel cancels nothing; through its own grant's tunnel it cancels."""
+    """The BackendKeyData the agent gets has the server's real PID (so pg_backend_pid(),
+    pg_stat_activity and notifications agree) and the bastion's own secret; quoting it
+    through another grant's tunnel cancels nothing; through its own grant's tunnel it
+    cancels."""
     other = pg.open_tunnel(pg_gateway, pg.issue(pg_gateway, agent="other-bot"))
     raw = pg.RawPg(tunnel.port)
     try:
         assert raw.key is not None and len(raw.key.key) == 4
         [row] = [m for m in raw.send_and_read(pg.pgwire.Query("select pg_backend_pid()"))
                  if isinstance(m, pg.pgwire.DataRow)]  # fmt: skip
-        assert int(row.values()[0] or b"0") != raw.key.pid  # not the real backend's key
+        assert int(row.values()[0] or b"0") == raw.key.pid  # the real backend's PID
 
         # Through the other grant's tunnel: nothing happens, the query runs to its end.
         short = unique_sleep(2)

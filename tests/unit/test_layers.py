@@ -17,6 +17,8 @@ LAYERS: list[set[str]] = [
         "cmdpolicy",
         "sqlclass",
         "pgwire",
+        "pgtext",
+        "pggate",
         "requestpolicy",
         "config",
         "configreload",
@@ -38,6 +40,8 @@ LAYERS: list[set[str]] = [
 ]
 # Pure modules: no I/O libraries at all.
 PURE = {
+    "pgtext",
+    "pggate",
     "errors",
     "clock",
     "models",
