@@ -63,6 +63,7 @@ class GatewayConnection(asyncssh.SSHServer):
         # Forwards decided on whose channel is not open yet (the target is being reached):
         # counted with `forwards` against the limits, so a burst of opens can't slip past.
         self._forwards_opening = 0
+        self._cancel_channel = 0  # a PostgreSQL channel past the limit, for a cancel only
         # Forwards that have ended (their target connection closed) while their channel is
         # still closing: no longer counted, so a client that closes one and opens another
         # at once is not refused.
@@ -543,16 +544,28 @@ class GatewayConnection(asyncssh.SSHServer):
         over = access.decide_forward_count(
             grant, self.forwards_open, self._forwards_of_grant(grant.id), limits
         )
+        cancel_only: str | None = None
         if over is not None:
-            self.gateway.write_later(
-                self.gate.forward_refused, grant.id, dest_host, dest_port, over.reason
-            )
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"[bastion] {over.reason}"
-            )
+            if decision.kind is TargetKind.POSTGRES and not self._cancel_channel:
+                # psql's Ctrl-C and a driver's cancel() open a connection of their own: at
+                # the limit one more channel may carry a CancelRequest (no login on the
+                # target), so a query can still be stopped. A StartupMessage on it is
+                # refused (53300) with the limit's reason.
+                cancel_only = f"{over.reason}: {dest_host}:{dest_port}"
+            else:
+                self.gateway.write_later(
+                    self.gate.forward_refused, grant.id, dest_host, dest_port, over.reason
+                )
+                raise asyncssh.ChannelOpenError(
+                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"[bastion] {over.reason}"
+                )
         self._forwards_opening += 1
+        self._cancel_channel += cancel_only is not None
         try:
-            return await self._open_forward(decision, dest_host, dest_port)
+            return await self._open_forward(decision, dest_host, dest_port, cancel_only)
+        except BaseException:
+            self._cancel_channel -= cancel_only is not None
+            raise
         finally:
             # asyncssh calls the relay's `connection_made` (which adds it to `forwards`)
             # right after this returns, in the same turn: it is never counted twice or not
@@ -573,7 +586,7 @@ class GatewayConnection(asyncssh.SSHServer):
         )
 
     async def _open_forward(
-        self, target: Target, dest_host: str, dest_port: int
+        self, target: Target, dest_host: str, dest_port: int, cancel_only: str | None = None
     ) -> ForwardRelay | PgRelay:
         assert self.permit is not None
         record = await asyncio.to_thread(
@@ -591,7 +604,7 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
         if target.kind is TargetKind.POSTGRES:
-            return await self._open_pg_forward(target, record)
+            return await self._open_pg_forward(target, record, cancel_only)
         try:
             relay = await ForwardRelay.open(self, target.host, target.port, record)
             relay.target = target
@@ -605,10 +618,12 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
 
-    async def _open_pg_forward(self, target: Target, record: Any) -> PgRelay:
+    async def _open_pg_forward(
+        self, target: Target, record: Any, cancel_only: str | None = None
+    ) -> PgRelay:
         """A PostgreSQL forward: its query log lives in its recording, started (file and
         row on a thread) before the channel opens."""
-        relay = PgRelay(self, target, record)
+        relay = PgRelay(self, target, record, cancel_only=cancel_only)
         try:
             await relay.recording.start(recording_header(record, "postgres"))
         except RecordingFailed as exc:  # mandatory: never a session running unrecorded
@@ -621,6 +636,8 @@ class GatewayConnection(asyncssh.SSHServer):
         return relay
 
     def end_forward(self, relay: PgRelay, reason: EndReason, detail: str) -> None:
+        if relay.cancel_only is not None:
+            self._cancel_channel -= 1
         relay.recording.close(reason, None, detail)
         self.close_record(relay, reason, None, detail)
 

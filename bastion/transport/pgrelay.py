@@ -76,12 +76,21 @@ deny_statement = pggate.deny_statement
 
 
 class PgRelay(asyncssh.SSHTCPSession[bytes]):
-    def __init__(self, conn: GatewayConnection, target: Target, record: Any) -> None:
+    def __init__(
+        self,
+        conn: GatewayConnection,
+        target: Target,
+        record: Any,
+        *,
+        cancel_only: str | None = None,
+    ) -> None:
         self.conn = conn
         self.gateway = conn.gateway
         self.target = target
         self.record = record
         self.recording = SessionRecording(conn, self)  # started by the connection
+        # Opened past the forward limits, for a CancelRequest only: "REASON: HOST:PORT".
+        self.cancel_only = cancel_only
         self.chan: Any = None
         self.bytes_up = 0
         self.bytes_down = 0
@@ -172,6 +181,18 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
             elif isinstance(event, pgwire.CancelRequest):
                 self._phase = "closed"
                 self._spawn(self._cancel(event))
+                return
+            elif isinstance(event, pgwire.StartupMessage) and self.cancel_only is not None:
+                reason, _, destination = self.cancel_only.rpartition(": ")
+                host, _, port = destination.rpartition(":")
+                self.gateway.write_later(
+                    self.conn.gate.forward_refused, self.record.grant_id, host, int(port), reason
+                )
+                self._fatal(
+                    "53300",
+                    f"[bastion] {reason}; this connection may only carry a cancel request",
+                    EndReason.DENIED,
+                )
                 return
             elif isinstance(event, pgwire.StartupMessage):
                 self._phase = "connecting"
