@@ -19,19 +19,21 @@ from datetime import timedelta
 from typing import Any
 
 from bastion.models import Approval
+from bastion.termtext import escape_char, is_hidden
 from bastion.timespec import format_duration
 
 # A command quoted in a line on the client's terminal, and in a hook's payload.
 LINE_TEXT_LIMIT = 300
 HOOK_TEXT_LIMIT = 2000
 HOOK_REASON_LIMIT = 500
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
 def printable(text: str, limit: int) -> str:
     """`text` with control characters escaped, at most `limit` characters (then `…`).
 
-    Backslashes are escaped too, so the result reads unambiguously.
+    What is escaped is what the CLI escapes (`termtext`: C0 and C1 controls, bidi
+    overrides and other invisible characters). Backslashes are escaped too, so the
+    result reads unambiguously.
     """
     return _printable(text, limit)[0]
 
@@ -41,13 +43,7 @@ def _printable(text: str, limit: int) -> tuple[str, bool]:
     out: list[str] = []
     size = 0
     for ch in text:
-        code = ord(ch)
-        if ch in _ESCAPES:
-            piece = _ESCAPES[ch]
-        elif code < 0x20 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029":
-            piece = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-        else:
-            piece = ch
+        piece = escape_char(ch) if ch == "\\" or is_hidden(ch) else ch
         if size + len(piece) > limit:
             out.append("…")
             return "".join(out), True

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, cli, json_option, pass_cli
+from bastion.cli.base import CliContext, cli, echo, json_option, pass_cli
 from bastion.timespec import format_time, parse_when
 
 # -- audit --------------------------------------------------------------------
@@ -31,12 +31,12 @@ def audit_list(obj: CliContext, since: str | None, as_json: bool) -> None:
     finally:
         service.close()
     if as_json:
-        click.echo(render.to_json([e.to_dict() for e in events]))
+        echo(render.to_json([e.to_dict() for e in events]))
         return
     if not events:
-        click.echo("no audit events")
+        echo(render.line("no audit events"))
         return
-    click.echo(
+    echo(
         render.table(
             ["SEQ", "TIME", "ACTOR", "ACTION", "DETAILS"],
             [(e.seq, format_time(e.at), e.actor, e.action, _summary(e.details)) for e in events],
@@ -63,4 +63,4 @@ def audit_verify(obj: CliContext) -> None:
         result = service.verify_audit()
     finally:
         service.close()
-    click.echo(f"audit chain OK: {result.events} events, head {result.last_hash or '-'}")
+    echo(render.line("audit chain OK: {} events, head {}", result.events, result.last_hash or "-"))

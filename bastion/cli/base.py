@@ -3,6 +3,12 @@
 Commands are thin: they turn options into a service call and its result into text
 (or `--json`). Errors are `BastionError`s; the root group prints their one-line
 message as `bastion: error: ...` and exits with the code the error class carries.
+
+Every command writes through `echo`, which takes the `render.Text` that `bastion.render`
+builds (values escaped: an agent's command can't drive the approver's terminal) and
+escapes anything else whole. `tests/unit/test_cli_output.py` holds that line: no other
+code in the CLI writes to the terminal, except `recordings play`, which replays a
+recorded terminal stream on purpose.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any, TypeVar
 
 import click
 
+from bastion import render
 from bastion.clock import Clock, SystemClock
 from bastion.config import Home, ca_passphrase, open_home
 from bastion.errors import BastionError
@@ -59,6 +66,11 @@ class CliContext:
 pass_cli = click.make_pass_decorator(CliContext)
 
 
+def echo(text: render.Text, *, err: bool = False, nl: bool = True) -> None:
+    """The CLI's one way to the terminal: `text` as `bastion.render` made it."""
+    click.echo(render.for_terminal(text), err=err, nl=nl)
+
+
 class BastionGroup(click.Group):
     """Maps `BastionError` to a one-line message and its exit code."""
 
@@ -66,7 +78,7 @@ class BastionGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BastionError as exc:
-            click.echo(f"bastion: error: {exc}", err=True)
+            echo(render.line("bastion: error: {}", exc), err=True)
             ctx.exit(exc.exit_code)
 
 
@@ -112,13 +124,13 @@ def parse_ttl(value: str | None) -> Any:
 def init(obj: CliContext) -> None:
     """Create the CA, host key, state store and default config (idempotent)."""
     report = initialize(obj.home(), obj.clock, obj.actor, ca_passphrase())
-    click.echo(f"bastion home: {report.home}")
+    echo(render.line("bastion home: {}", report.home))
     for item in report.created:
-        click.echo(f"  created {item}")
+        echo(render.line("  created {}", item))
     for item in report.kept:
-        click.echo(f"  kept    {item}")
-    click.echo(f"CA public key (for sshd TrustedUserCAKeys): {report.ca_public_line}")
-    click.echo(f"host key (for clients' known_hosts):       {report.host_public_line}")
+        echo(render.line("  kept    {}", item))
+    echo(render.line("CA public key (for sshd TrustedUserCAKeys): {}", report.ca_public_line))
+    echo(render.line("host key (for clients' known_hosts):       {}", report.host_public_line))
 
 
 @cli.command()

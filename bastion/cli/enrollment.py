@@ -10,7 +10,7 @@ import click
 
 from bastion import render
 from bastion.accessrequests import AccessRequests
-from bastion.cli.base import CliContext, cli, json_option, parse_ttl, pass_cli
+from bastion.cli.base import CliContext, cli, echo, json_option, parse_ttl, pass_cli
 from bastion.models import AccessRequest, Agent
 from bastion.timespec import format_duration, format_time
 
@@ -58,14 +58,18 @@ def agent_enroll(
     """Enroll NAME's key. It grants no access: each grant still needs a human (or a rule)."""
     enrolled = _call(obj, lambda r: r.enroll(name, pubkey, list(may_request), parse_ttl(max_ttl)))
     if as_json:
-        click.echo(render.to_json(enrolled.to_dict()))
+        echo(render.to_json(enrolled.to_dict()))
         return
     host, port = _call(obj, lambda r: r.bastion.client_address())
-    click.echo(f"enrolled {enrolled.name} ({enrolled.key_fingerprint})")
-    click.echo(f"  may request: {_may(enrolled)}")
-    click.echo(
-        f"  the agent asks with: ssh -p {port} -i KEY request@{host} --"
-        ' --target NAME --task TASK --ttl 30m --reason "why" > KEY-cert.pub'
+    echo(render.line("enrolled {} ({})", enrolled.name, enrolled.key_fingerprint))
+    echo(render.line("  may request: {}", _may(enrolled)))
+    echo(
+        render.line(
+            "  the agent asks with: ssh -p {} -i KEY request@{} --"
+            ' --target NAME --task TASK --ttl 30m --reason "why" > KEY-cert.pub',
+            port,
+            host,
+        )
     )
 
 
@@ -76,12 +80,12 @@ def agent_list(obj: CliContext, as_json: bool) -> None:
     """List enrolled agents."""
     found = _call(obj, lambda r: r.list_agents())
     if as_json:
-        click.echo(render.to_json([a.to_dict() for a in found]))
+        echo(render.to_json([a.to_dict() for a in found]))
         return
     if not found:
-        click.echo("no enrolled agents")
+        echo(render.line("no enrolled agents"))
         return
-    click.echo(
+    echo(
         render.table(
             ["NAME", "KEY", "MAY REQUEST", "MAX TTL", "ENROLLED", "BY"],
             [
@@ -107,9 +111,9 @@ def agent_show(obj: CliContext, name: str, as_json: bool) -> None:
     """Show one enrolled agent."""
     found = _call(obj, lambda r: r.get_agent(name))
     if as_json:
-        click.echo(render.to_json(found.to_dict()))
+        echo(render.to_json(found.to_dict()))
         return
-    click.echo(
+    echo(
         render.fields(
             [
                 ("name", found.name),
@@ -129,7 +133,7 @@ def agent_show(obj: CliContext, name: str, as_json: bool) -> None:
 def agent_remove(obj: CliContext, name: str) -> None:
     """Remove an enrolled key (its pending requests can then only be denied)."""
     removed = _call(obj, lambda r: r.remove_agent(name))
-    click.echo(f"removed {removed.name} ({removed.key_fingerprint})")
+    echo(render.line("removed {} ({})", removed.name, removed.key_fingerprint))
 
 
 def _may(agent: Agent) -> str:
@@ -153,12 +157,12 @@ def requests_list(obj: CliContext, include_all: bool, task: str | None, as_json:
     """List access requests (pending by default), oldest first."""
     found = _call(obj, lambda r: r.list_requests(include_all=include_all, task=task))
     if as_json:
-        click.echo(render.to_json([q.to_dict() for q in found]))
+        echo(render.to_json([q.to_dict() for q in found]))
         return
     if not found:
-        click.echo("no pending requests" if not include_all else "no requests")
+        echo(render.line("no pending requests" if not include_all else "no requests"))
         return
-    click.echo(
+    echo(
         render.table(
             ["ID", "STATE", "AGENT", "TARGETS", "TASK", "TTL", "ASKED", "GRANT", "REASON"],
             [
@@ -187,7 +191,7 @@ def requests_show(obj: CliContext, request_id: str, as_json: bool) -> None:
     """Show one request and its decision."""
     found = _call(obj, lambda r: r.get_request(request_id))
     if as_json:
-        click.echo(render.to_json(found.to_dict()))
+        echo(render.to_json(found.to_dict()))
         return
     decided = (
         f"{found.state.value} by {found.decided_by} at {format_time(found.decided_at)}:"
@@ -195,7 +199,7 @@ def requests_show(obj: CliContext, request_id: str, as_json: bool) -> None:
         if found.decided_at
         else f"pending until {format_time(found.expires_at)}"
     )
-    click.echo(
+    echo(
         render.fields(
             [
                 ("id", found.id),
@@ -233,7 +237,9 @@ def requests_deny(obj: CliContext, request_id: str, reason: str) -> None:
 
 
 def _echo_decision(q: AccessRequest) -> None:
-    what = f"{q.state.value} {q.id}: {q.agent} on {','.join(q.targets)} for task {q.task}"
+    what = render.line(
+        "{} {}: {} on {} for task {}", q.state.value, q.id, q.agent, ",".join(q.targets), q.task
+    )
     if q.grant_id:
-        what += f" -> grant {q.grant_id} ({format_duration(q.ttl)})"
-    click.echo(what)
+        what = render.line("{} -> grant {} ({})", what, q.grant_id, format_duration(q.ttl))
+    echo(what)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, cli, json_option, parse_ttl, pass_cli
+from bastion.cli.base import CliContext, cli, echo, json_option, parse_ttl, pass_cli
 from bastion.models import Grant
 from bastion.service import GrantRequest
 from bastion.timespec import format_duration, format_time
@@ -91,10 +91,10 @@ def grant_issue(
         data["certificate"] = str(issued.certificate_path)
         data["private_key"] = str(issued.private_key_path) if issued.private_key_path else None
         data["ssh"] = list(issued.ssh_lines)
-        click.echo(render.to_json(data))
+        echo(render.to_json(data))
         return
-    click.echo(f"issued grant {g.id}")
-    click.echo(
+    echo(render.line("issued grant {}", g.id))
+    echo(
         render.fields(
             [
                 ("agent", g.agent),
@@ -108,9 +108,9 @@ def grant_issue(
             + ([("private key", issued.private_key_path)] if issued.private_key_path else [])
         )
     )
-    click.echo("connect with:")
+    echo(render.line("connect with:"))
     for line in issued.ssh_lines:
-        click.echo(f"  {line}")
+        echo(render.line("  {}", line))
 
 
 @grant.command("list")
@@ -127,12 +127,14 @@ def grant_list(obj: CliContext, include_all: bool, task: str | None, as_json: bo
         service.close()
     now = obj.clock.now()
     if as_json:
-        click.echo(render.to_json([g.to_dict(now) for g in grants]))
+        echo(render.to_json([g.to_dict(now) for g in grants]))
         return
     if not grants:
-        click.echo("no grants" if include_all else "no active grants (--all shows ended ones)")
+        echo(
+            render.line("no grants" if include_all else "no active grants (--all shows ended ones)")
+        )
         return
-    click.echo(
+    echo(
         render.table(
             ["ID", "STATE", "AGENT", "TASK", "TARGETS", "VALID UNTIL", "LEFT"],
             [
@@ -171,7 +173,7 @@ def grant_show(obj: CliContext, grant_id: str, as_json: bool) -> None:
         service.close()
     now = obj.clock.now()
     if as_json:
-        click.echo(render.to_json(g.to_dict(now)))
+        echo(render.to_json(g.to_dict(now)))
         return
     pairs: list[tuple[str, object]] = [
         ("id", g.id),
@@ -183,7 +185,7 @@ def grant_show(obj: CliContext, grant_id: str, as_json: bool) -> None:
         ("valid from", format_time(g.valid_after)),
         ("valid until", format_time(g.valid_before)),
         ("time left", _time_left(g, now)),
-        ("issued by", f"{g.created_by} at {format_time(g.created_at)}"),
+        ("issued by", render.line("{} at {}", g.created_by, format_time(g.created_at))),
         ("serial", g.serial),
         ("key id", g.key_id),
         ("key", g.key_fingerprint),
@@ -198,10 +200,15 @@ def grant_show(obj: CliContext, grant_id: str, as_json: bool) -> None:
         pairs.append(
             (
                 "revoked",
-                f"at {format_time(g.revocation.at)} by {g.revocation.by}: {g.revocation.reason}",
+                render.line(
+                    "at {} by {}: {}",
+                    format_time(g.revocation.at),
+                    g.revocation.by,
+                    g.revocation.reason,
+                ),
             )
         )
-    click.echo(render.fields(pairs))
+    echo(render.fields(pairs))
 
 
 @grant.command("revoke")
@@ -216,4 +223,8 @@ def grant_revoke(obj: CliContext, grant_id: str, reason: str) -> None:
     finally:
         service.close()
     assert g.revocation is not None
-    click.echo(f"revoked grant {g.id} ({g.agent}, task {g.task}): {g.revocation.reason}")
+    echo(
+        render.line(
+            "revoked grant {} ({}, task {}): {}", g.id, g.agent, g.task, g.revocation.reason
+        )
+    )

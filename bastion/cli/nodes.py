@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, cli, json_option, pass_cli
+from bastion.cli.base import CliContext, cli, echo, json_option, pass_cli
 from bastion.cluster import migrate_store, node_statuses
 from bastion.timespec import format_duration, format_time
 
@@ -18,16 +18,26 @@ def migrate(obj: CliContext, dry_run: bool) -> None:
     report = migrate_store(obj.home(), dry_run=dry_run)
     where = report.location
     if not report.pending:
-        click.echo(f"{where}: schema version {report.from_version}, up to date")
+        echo(render.line("{}: schema version {}, up to date", where, report.from_version))
     elif dry_run:
         pending = ", ".join(str(v) for v in report.pending)
-        click.echo(
-            f"{where}: schema version {report.from_version}, would apply {pending}"
-            f" (to version {report.pending[-1]})"
+        echo(
+            render.line(
+                "{}: schema version {}, would apply {} (to version {})",
+                where,
+                report.from_version,
+                pending,
+                report.pending[-1],
+            )
         )
     else:
-        click.echo(
-            f"{where}: migrated schema from version {report.from_version} to {report.to_version}"
+        echo(
+            render.line(
+                "{}: migrated schema from version {} to {}",
+                where,
+                report.from_version,
+                report.to_version,
+            )
         )
 
 
@@ -47,7 +57,7 @@ def nodes_list(obj: CliContext, as_json: bool) -> None:
     finally:
         service.close()
     if as_json:
-        click.echo(
+        echo(
             render.to_json(
                 [
                     {
@@ -61,9 +71,9 @@ def nodes_list(obj: CliContext, as_json: bool) -> None:
         )
         return
     if not found:
-        click.echo("no nodes have registered (none has run `bastion serve` on this store)")
+        echo(render.line("no nodes have registered (none has run `bastion serve` on this store)"))
         return
-    click.echo(
+    echo(
         render.table(
             ["NODE", "ADDRESS", "STATE", "STARTED", "LAST HEARTBEAT"],
             [

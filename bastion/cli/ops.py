@@ -6,11 +6,10 @@ check failed (0 otherwise, warnings included).
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from bastion.cli.base import CliContext, cli, json_option, pass_cli
+from bastion import render
+from bastion.cli.base import CliContext, cli, echo, json_option, pass_cli
 from bastion.config import resolve_home
 from bastion.doctor import FAIL, diagnose
 
@@ -25,13 +24,18 @@ def doctor(obj: CliContext, listen: str | None, as_json: bool) -> None:
     """Check keys, state store, clock, recordings directory and listen port (exit 1 on FAIL)."""
     report = diagnose(resolve_home(obj.home_option), obj.clock, obj.actor, listen)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        echo(render.to_json(report.to_dict()))
     else:
-        click.echo(f"bastion doctor: {report.home}")
-        width = max(len(c.name) for c in report.checks)
+        echo(render.line("bastion doctor: {}", report.home))
+        width = max(len(render.value(c.name)) for c in report.checks)
         for check in report.checks:
-            click.echo(f"{_MARK[check.status]}  {check.name:<{width}}  {check.detail}")
+            mark = _MARK[check.status]
+            echo(render.line("{}  {:<{}}  {}", mark, check.name, width, check.detail))
         failed = sum(c.status == FAIL for c in report.checks)
-        click.echo("all checks passed" if not failed else f"{failed} check(s) failed")
+        echo(
+            render.line("all checks passed")
+            if not failed
+            else render.line("{} check(s) failed", failed)
+        )
     if not report.ok:
         raise SystemExit(1)

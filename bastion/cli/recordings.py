@@ -1,4 +1,11 @@
-"""`bastion recordings ...`: list, replay, render, search, export, verify, prune."""
+"""`bastion recordings ...`: list, replay, render, search, export, verify, prune.
+
+What a session showed or typed is the agent's text: `text`, `screen` and `search` print
+it escaped like every other value (`bastion.render`; line breaks are kept where they are
+the transcript's or the screen's own). `play` alone writes the recorded terminal stream
+to this terminal as it was recorded, escape sequences and all, because replaying them is
+what it is for; `export` writes files, never the terminal.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from pathlib import Path
 import click
 
 from bastion import render
-from bastion.cli.base import CliContext, F, cli, json_option, pass_cli
+from bastion.cli.base import CliContext, F, cli, echo, json_option, pass_cli
 from bastion.errors import InvalidInput, VerificationFailed
 from bastion.timespec import format_time, parse_duration, parse_when
 
@@ -57,12 +64,12 @@ def recordings_list(
     finally:
         service.close()
     if as_json:
-        click.echo(render.to_json([r.to_dict() for r in found]))
+        echo(render.to_json([r.to_dict() for r in found]))
         return
     if not found:
-        click.echo("no recordings")
+        echo(render.line("no recordings"))
         return
-    click.echo(
+    echo(
         render.table(
             ["SESSION", "AGENT", "TARGET", "TASK", "KIND", "STARTED", "STATE", "SIZE"],
             [
@@ -91,7 +98,10 @@ def recordings_list(
 def recordings_play(
     obj: CliContext, session_id: str, speed: float, idle_limit: float | None, start: str
 ) -> None:
-    """Play a recording in this terminal: space pauses, `.` steps while paused, q quits."""
+    """Play a recording in this terminal: space pauses, `.` steps while paused, q quits.
+
+    The recorded output goes to this terminal unescaped: it is replayed, not quoted.
+    """
     from bastion.recording.player import play
 
     if speed <= 0:
@@ -110,7 +120,7 @@ def recordings_screen(obj: CliContext, session_id: str, at: str) -> None:
     from bastion.recording.render import screen_at
 
     path = _recording_path(obj, session_id)
-    click.echo(screen_at(path, "end" if at == "end" else _offset(at)))
+    echo(render.many_lines(screen_at(path, "end" if at == "end" else _offset(at))))
 
 
 @recordings.command("text")
@@ -121,10 +131,8 @@ def recordings_text(obj: CliContext, session_id: str) -> None:
     from bastion.recording.search import iter_text
 
     path = _recording_path(obj, session_id)
-    out = sys.stdout
     for chunk in iter_text(path):
-        out.write(chunk)
-    out.flush()
+        echo(render.many_lines(chunk), nl=False)
 
 
 @recordings.command("search")
@@ -163,17 +171,18 @@ def recordings_search(
     try:
         matches = search(sources, pattern, regex=regex, ignore_case=ignore_case)
         if as_json:
-            click.echo(render.to_json([m.as_dict() for m in matches]))
+            echo(render.to_json([m.as_dict() for m in matches]))
             return
         found = 0
         for match in matches:
             found += 1
             marker = "> " if match.kind == "input" else ""
-            click.echo(f"{match.session_id}  {format_seconds(match.seconds)}  {marker}{match.line}")
+            seconds = format_seconds(match.seconds)
+            echo(render.line("{}  {}  {}{}", match.session_id, seconds, marker, match.line))
     except re.error as exc:
         raise InvalidInput(f"invalid --regex pattern {pattern!r}: {exc}") from None
     if not found:
-        click.echo("no matches", err=True)
+        echo(render.line("no matches"), err=True)
 
 
 @recordings.command("export")
@@ -202,7 +211,7 @@ def recordings_export(obj: CliContext, session_id: str, output: Path, fmt: str) 
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise InvalidInput(f"can't write {output}: {exc.strerror}") from None
-    click.echo(f"wrote {output} ({fmt}, {written} bytes)")
+    echo(render.line("wrote {} ({}, {} bytes)", output, fmt, written))
 
 
 def _recording_path(obj: CliContext, session_id: str) -> Path:
@@ -241,7 +250,7 @@ def recordings_verify(
     finally:
         service.close()
     if as_json:
-        click.echo(
+        echo(
             render.to_json(
                 [
                     {"session": c.recording.session_id, "ok": c.ok, "detail": c.detail}
@@ -252,7 +261,7 @@ def recordings_verify(
     else:
         for check in checks:
             status = "OK  " if check.ok else "FAIL"
-            click.echo(f"{status} {check.recording.session_id}  {check.detail}")
+            echo(render.line("{} {}  {}", status, check.recording.session_id, check.detail))
     bad = [c for c in checks if not c.ok]
     if bad:
         raise VerificationFailed(f"{len(bad)} of {len(checks)} recordings failed verification")
@@ -272,5 +281,9 @@ def recordings_prune(obj: CliContext, older_than: str, dry_run: bool) -> None:
         service.close()
     verb = "would delete" if dry_run else "deleted"
     for recording in pruned:
-        click.echo(f"{verb} {recording.session_id} ({recording.agent} on {recording.target})")
-    click.echo(f"{verb} {len(pruned)} recordings")
+        echo(
+            render.line(
+                "{} {} ({} on {})", verb, recording.session_id, recording.agent, recording.target
+            )
+        )
+    echo(render.line("{} {} recordings", verb, len(pruned)))

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from bastion import knownhosts, render
-from bastion.cli.base import CliContext, F, cli, json_option, pass_cli
+from bastion.cli.base import CliContext, F, cli, echo, json_option, pass_cli
 from bastion.errors import InvalidInput
 from bastion.keyfiles import parse_public_key
 from bastion.models import SslMode, Target
@@ -110,7 +110,7 @@ def _scan_and_confirm(
     key = parse_public_key(line, "the scanned host key")
     shown = knownhosts.describe(key, knownhosts.lookup_name(host, port))
     # On stderr, so that --json keeps stdout for the target alone.
-    click.echo(f"{host}:{port} offers host key {shown}", err=True)
+    echo(render.line("{}:{} offers host key {}", host, port, shown), err=True)
     if yes:
         return line
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
@@ -207,16 +207,16 @@ def target_list(obj: CliContext, as_json: bool) -> None:
     finally:
         service.close()
     if as_json:
-        click.echo(render.to_json([t.public_dict() for t in targets]))
+        echo(render.to_json([t.public_dict() for t in targets]))
         return
     if not targets:
-        click.echo("no targets (add one with `bastion target add-ssh` or `add-postgres`)")
+        echo(render.line("no targets (add one with `bastion target add-ssh` or `add-postgres`)"))
         return
     rows = [
         (t.name, t.kind.value, f"{t.host}:{t.port}", t.user, t.database or "", t.created_by)
         for t in targets
     ]
-    click.echo(render.table(["NAME", "KIND", "ADDRESS", "LOGIN", "DATABASE", "ADDED BY"], rows))
+    echo(render.table(["NAME", "KIND", "ADDRESS", "LOGIN", "DATABASE", "ADDED BY"], rows))
 
 
 @target.command("show")
@@ -244,21 +244,21 @@ def target_remove(obj: CliContext, name: str, force: bool) -> None:
         service.remove_target(name, force=force)
     finally:
         service.close()
-    click.echo(f"removed target {name}")
+    echo(render.line("removed target {}", name))
 
 
 def _show_target(
     t: Target, as_json: bool, verb: str | None = None, checked: bool | None = None
 ) -> None:
     if as_json:
-        click.echo(render.to_json(t.public_dict()))
+        echo(render.to_json(t.public_dict()))
         return
     if verb:
-        click.echo(f"{verb} {t.kind.value} target {t.name}")
+        echo(render.line("{} {} target {}", verb, t.kind.value, t.name))
     if checked is True:
         what = "host key and login" if t.kind.value == "ssh" else "TLS, login and database"
-        click.echo(f"checked: {what} work from here")
+        echo(render.line("checked: {} work from here", what))
     elif checked is False:
-        click.echo("not checked (--no-check): nothing connected to the target")
+        echo(render.line("not checked (--no-check): nothing connected to the target"))
     pairs: list[tuple[str, object]] = [(k, v) for k, v in t.public_dict().items() if v is not None]
-    click.echo(render.fields(pairs))
+    echo(render.fields(pairs))

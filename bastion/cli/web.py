@@ -9,7 +9,7 @@ from typing import TypeVar
 import click
 
 from bastion import render, webpolicy
-from bastion.cli.base import CliContext, cli, json_option, parse_ttl, pass_cli
+from bastion.cli.base import CliContext, cli, echo, json_option, parse_ttl, pass_cli
 from bastion.config import DEFAULT_WEB_LISTEN
 from bastion.errors import InvalidInput
 from bastion.models import WebRole
@@ -83,10 +83,10 @@ def web_user_add(
         webpolicy.check_password(password)
     user = _call(obj, lambda a: a.add_user(name, webpolicy.parse_role(role), password))
     if as_json:
-        click.echo(render.to_json(user.to_dict()))
+        echo(render.to_json(user.to_dict()))
         return
     how = "a password" if user.password_hash else "login links only"
-    click.echo(f"added web user {user.name} ({user.role.value}, {how})")
+    echo(render.line("added web user {} ({}, {})", user.name, user.role.value, how))
 
 
 @web_user.command("list")
@@ -96,12 +96,12 @@ def web_user_list(obj: CliContext, as_json: bool) -> None:
     """List console accounts."""
     users = _call(obj, lambda a: a.list_users())
     if as_json:
-        click.echo(render.to_json([u.to_dict() for u in users]))
+        echo(render.to_json([u.to_dict() for u in users]))
         return
     if not users:
-        click.echo("no web users")
+        echo(render.line("no web users"))
         return
-    click.echo(
+    echo(
         render.table(
             ["NAME", "ROLE", "PASSWORD", "CREATED", "BY"],
             [
@@ -124,7 +124,7 @@ def web_user_list(obj: CliContext, as_json: bool) -> None:
 def web_user_remove(obj: CliContext, name: str) -> None:
     """Remove a console account; its browser sessions end at once."""
     user = _call(obj, lambda a: a.remove_user(name))
-    click.echo(f"removed web user {user.name} ({user.role.value})")
+    echo(render.line("removed web user {} ({})", user.name, user.role.value))
 
 
 @web.command("login-link")
@@ -140,8 +140,10 @@ def web_login_link(obj: CliContext, name: str, ttl: str | None, base_url: str | 
     if base_url is None:
         scheme = "https" if web_config.tls_cert else "http"
         base_url = f"{scheme}://{web_config.listen or DEFAULT_WEB_LISTEN}"
-    click.echo(f"{base_url.rstrip('/')}/link/{token}")
-    click.echo(
-        f"one-time sign-in link for {name}, valid until {format_time(link.expires_at)}",
+    echo(render.line("{}/link/{}", base_url.rstrip("/"), token))
+    echo(
+        render.line(
+            "one-time sign-in link for {}, valid until {}", name, format_time(link.expires_at)
+        ),
         err=True,
     )
