@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -94,8 +95,12 @@ def decide_forward(
     permits_forwarding: bool,
     dest_host: str,
     lookup: dict[str, Target],
+    raw_forwarding: Callable[[str], bool] = lambda target: False,
 ) -> Target | Denial:
-    """A `-L` destination must be a granted target's name; the port is not used for routing."""
+    """A `-L` (or `-W`, `-J`) destination must be a granted target's name; the port is
+    not used for routing. A PostgreSQL target gets the protocol-aware relay. An SSH
+    target gets raw bytes to its port, its sshd, only where `raw_forwarding(name)`: else
+    the agent could open a shell there that the bastion neither records nor gates."""
     if not permits_forwarding:
         return Denial("port forwarding is not permitted by this grant")
     try:
@@ -109,6 +114,11 @@ def decide_forward(
     target = lookup.get(dest_host)
     if target is None:
         return Denial(f"unknown target {dest_host!r}")
+    if target.kind is TargetKind.SSH and not raw_forwarding(target.name):
+        return Denial(
+            f"forwarding to SSH target {target.name} is refused: its shells and commands go"
+            f" through the bastion (ssh {target.name}@BASTION), recorded"
+        )
     return target
 
 
@@ -162,6 +172,7 @@ class ChannelRules:
     shell_requires_approval: bool = False
     recording: str = "mandatory"
     databases: tuple[str, ...] = ()
+    raw_forwarding: bool = False
 
 
 def recheck_channel(channel: LiveChannel, rules: ChannelRules) -> Denial | None:
@@ -178,6 +189,7 @@ def recheck_channel(channel: LiveChannel, rules: ChannelRules) -> Denial | None:
             channel.grant.permit_port_forwarding,
             target.name,
             {target.name: target},
+            lambda _: rules.raw_forwarding,
         )
         if isinstance(decision, Denial):
             return decision

@@ -27,6 +27,8 @@ from bastion.requestpolicy import AutoApproval, TargetRequestPolicy, parse_hours
 from bastion.sqlclass import DEFAULT_RULES as DEFAULT_STATEMENT_RULES
 from bastion.sqlclass import StatementRule
 from bastion.sqlclass import parse_rule as parse_statement_rule
+from bastion.startups import MAX_LIMIT as MAX_STARTUPS_LIMIT
+from bastion.startups import StartupLimits, parse_max_startups, parse_netblock
 from bastion.timespec import parse_duration
 
 CONFIG_NAME = "bastion.toml"
@@ -44,7 +46,8 @@ listen = "127.0.0.1:2222"
 advertise = ""
 # This node's name in session records. Empty means the machine's host name.
 node = ""
-# How long a client may take to authenticate.
+# How long a client may take to authenticate, counted from its TCP connection (sshd's
+# LoginGraceTime): one silent or stalled before it has logged in is closed then.
 login_timeout = "30s"
 # Shells, commands and sftp open at once on one connection (as sshd's MaxSessions);
 # `-L` forwards are not counted: see max_forwards.
@@ -55,7 +58,16 @@ max_sessions = 10
 max_forwards = 10
 # Connections still authenticating at once (as sshd's MaxStartups): more are closed as
 # they arrive, so that a flood of idle connections can't hold the gateway's resources.
+# "start:rate:full" (like "10:30:100") refuses rate% of new ones from `start` on, rising
+# to all of them at `full` (sshd's random early drop).
 max_startups = 100
+# Of those, at most this many from one source netblock (sshd's PerSourceMaxStartups), so
+# that one host's idle connections can't lock every agent out. A host that starts more
+# logins than this at the same moment (a CI runner, a NAT) needs a higher value.
+per_source_max_startups = 10
+# What one source is: "IPv4 prefix length:IPv6 prefix length" (sshd's
+# PerSourceNetBlockSize); "24:64" counts a /24 or a /64 as one source.
+per_source_netblock = "32:128"
 # On SIGTERM: live sessions are told why and closed; this bounds how long that may take.
 shutdown_grace = "10s"
 # Log lines on stderr: "text", or "json" (one object per line, for a log shipper).
@@ -120,6 +132,7 @@ remind_every = "30s"
 # [targets.prod-web]
 # commands = ["rm -r|-R|--recursive", "reboot"]   # replaces [approvals] commands
 # shell_requires_approval = true                  # opening a shell waits for approval
+# raw_forwarding = false       # -L/-W/-J to this SSH target's port: raw, unrecorded bytes
 
 [requests]
 # Enrolled agents ask for grants with `ssh … request@BASTION -- --target …`.
@@ -169,7 +182,9 @@ class ServerConfig:
     login_timeout: timedelta = timedelta(seconds=30)
     max_sessions: int = 10
     max_forwards: int = 10  # `-L` channels open at once on one connection
-    max_startups: int = 100
+    max_startups: int | str = 100  # N, or "start:rate:full": see `startup_limits`
+    per_source_max_startups: int = 10
+    per_source_netblock: str = "32:128"
     shutdown_grace: timedelta = timedelta(seconds=10)
     log_format: str = "text"
     event_loop: str = "uvloop"
@@ -179,6 +194,15 @@ class ServerConfig:
     @property
     def node_name(self) -> str:
         return self.node or socket.gethostname()
+
+    @property
+    def startup_limits(self) -> StartupLimits:
+        """max_startups and the per-source settings, parsed (validated at load)."""
+        begin, rate, full = parse_max_startups(self.max_startups)
+        ipv4_prefix, ipv6_prefix = parse_netblock(self.per_source_netblock)
+        return StartupLimits(
+            begin, rate, full, self.per_source_max_startups, ipv4_prefix, ipv6_prefix
+        )
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -304,6 +328,10 @@ class TargetPolicy:
     statements: tuple[StatementRule, ...] | None = None
     databases: tuple[str, ...] = ()
     redact_parameters: bool = False
+    # SSH targets: `-L`/`-W`/`-J` to it carry raw bytes to its port (its sshd), a path
+    # with no session recorded and no command gated; off unless a target is meant for it
+    # (a plain TCP service registered as an SSH-kind target).
+    raw_forwarding: bool = False
     # Access requests (`request@`): see `request_policy`.
     requestable: bool = True
     request_max_ttl: timedelta | None = None
@@ -385,6 +413,7 @@ _RULE_LISTS = {"commands"}
 _STATEMENT_LISTS = {"statements"}
 _STRING_LISTS = {"databases", "command", "auto_approve_agents"}
 _OPTIONAL_DURATIONS = {"request_max_ttl", "auto_approve_max_ttl"}
+_NUMBER_OR_TEXT = {"max_startups"}  # 100 or "10:30:100"
 
 
 # Listen addresses that name no one host: a client can't connect to them as written.
@@ -465,6 +494,8 @@ def _convert(section: str, key: str, value: Any, default: Any, source: Path) -> 
             return parse_duration(value)
         except InvalidInput as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    if key in _NUMBER_OR_TEXT and type(value) in (int, str):
+        return value
     if type(value) is not type(default):
         raise ConfigError(
             f"{where} must be of type {type(default).__name__}, got {type(value).__name__}"
@@ -570,8 +601,18 @@ def _check_consistency(config: Config, source: Path) -> None:
         raise ConfigError(f"'server.max_forwards' in {source} must be between 1 and 1000")
     if not 1 <= grants.max_forwards <= 100_000:
         raise ConfigError(f"'grants.max_forwards' in {source} must be between 1 and 100000")
-    if not 1 <= server.max_startups <= 100_000:
-        raise ConfigError(f"'server.max_startups' in {source} must be between 1 and 100000")
+    try:
+        parse_max_startups(server.max_startups)
+    except ValueError as exc:
+        raise ConfigError(f"'server.max_startups' in {source}: {exc}") from None
+    if not 1 <= server.per_source_max_startups <= MAX_STARTUPS_LIMIT:
+        raise ConfigError(
+            f"'server.per_source_max_startups' in {source} must be between 1 and 100000"
+        )
+    try:
+        parse_netblock(server.per_source_netblock)
+    except ValueError as exc:
+        raise ConfigError(f"'server.per_source_netblock' in {source}: {exc}") from None
     if server.shutdown_grace > MAX_SHUTDOWN_GRACE:
         raise ConfigError(f"'server.shutdown_grace' in {source} must be at most 10m")
     if config.metrics.listen:

@@ -103,4 +103,5 @@ def channel_rules(config: Config, target: str) -> ChannelRules:
         shell_requires_approval=policy.shell_requires_approval,
         recording=policy.recording,
         databases=policy.databases,
+        raw_forwarding=policy.raw_forwarding,
     )

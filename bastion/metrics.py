@@ -81,6 +81,10 @@ class Metrics:
     def forced_close(self, reason: str) -> None:
         """The gateway closed a connection (expiry, revocation, shutdown) or a session (kill)."""
 
+    def connection_dropped(self, setting: str) -> None:
+        """A new connection was closed before its SSH banner: too many were authenticating
+        (`setting`: "server.max_startups" or "server.per_source_max_startups")."""
+
     def session_closed(self, relay: Relayed) -> None:
         """A session's record was closed: its bytes now count as relayed."""
 
@@ -108,6 +112,14 @@ class PrometheusMetrics(Metrics):
             ["reason"],
             registry=self.registry,
         )
+        self._dropped = Counter(
+            "bastion_connections_dropped",
+            "New connections closed before the SSH banner because too many were"
+            " authenticating, by the limit that refused them (max_startups,"
+            " per_source_max_startups).",
+            ["limit"],
+            registry=self.registry,
+        )
         info = Gauge(
             "bastion_build_info",
             "This bastion's version and node name (always 1).",
@@ -130,6 +142,9 @@ class PrometheusMetrics(Metrics):
 
     def forced_close(self, reason: str) -> None:
         self._forced.labels(reason=reason).inc()
+
+    def connection_dropped(self, setting: str) -> None:
+        self._dropped.labels(limit=setting.removeprefix("server.")).inc()
 
     def session_closed(self, relay: Relayed) -> None:
         if relay in self._closed:

@@ -286,8 +286,18 @@ class World:
         text, count = re.subn(r'(?m)^min_ttl = ".*"$', 'min_ttl = "2s"', config.read_text())
         if count != 1:
             raise RuntimeError(f"could not set [grants] min_ttl in {config}")
+        # Every client comes from 127.0.0.1 and starts in batches of 20 (idle sessions):
+        # one source may have as many logins under way as the whole gateway.
+        text, count = re.subn(
+            r"(?m)^per_source_max_startups = .*$", "per_source_max_startups = 100", text
+        )
+        if count != 1:
+            raise RuntimeError(f"could not set [server] per_source_max_startups in {config}")
         # Read by `bastion serve` when it starts: written before the first start.
         text += f'\n[targets.{NOREC_TARGET}]\nrecording = "off"\n'
+        # Byte sources reached by -L as plain TCP: SSH-kind targets that opt in.
+        for name in (RELAY_TARGET, PG_BYTES_TARGET):
+            text += f"\n[targets.{name}]\nraw_forwarding = true\n"
         config.write_text(text)
         targets = [SSH_TARGET, NOREC_TARGET, RELAY_TARGET]
         for name, port in (

@@ -58,6 +58,12 @@ timeout = "{APPROVAL_TIMEOUT_S}s"
 
 [targets.gated-web]
 shell_requires_approval = true
+
+[targets.raw-echo]
+raw_forwarding = true
+
+[targets.banner-sshd]
+raw_forwarding = true
 """
 ECHO_DB_PASSWORD = "echo-db-password"
 # Never let the developer's own bastion settings leak into a test.
@@ -688,8 +694,9 @@ def make_home(
       PostgreSQL target is what permits port forwarding; forwards to these are refused or
       allowed before any byte moves, which is what the tests look at (a forward to a
       PostgreSQL target speaks the PostgreSQL protocol, which the echo server does not);
-    - `raw-echo`: an SSH-kind target registered at the TCP echo server, so that a forward
-      to it (`-L PORT:raw-echo:22`) is relayed as plain bytes.
+    - `raw-echo`: an SSH-kind target registered at the TCP echo server, with
+      `raw_forwarding = true`, so that a forward to it (`-L PORT:raw-echo:22`) is relayed
+      as plain bytes. (A forward to `prod-web`, an sshd, is refused.)
 
     Several nodes on one shared store: `extra_config` adds to bastion.toml (the store
     URL, the node name), `keys_from` is the first node's home whose CA and host key this

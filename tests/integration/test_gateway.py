@@ -373,7 +373,8 @@ def test_a_target_that_speaks_first_is_relayed_from_its_first_byte(
     gateway: Server, sshd: Sshd, target_login_key: Path
 ) -> None:
     # sshd sends its banner as soon as it accepts, before the bastion's channel to the
-    # client is open: those bytes are kept and come first.
+    # client is open: those bytes are kept and come first. (`banner-sshd` is an SSH
+    # target with `raw_forwarding = true`, on purpose.)
     add_ssh_target(gateway.home, "banner-sshd", sshd, target_login_key)
     grant = gateway.issue("echo-db", "banner-sshd")
     tunnel, local_port = _local_forward(gateway, grant, "banner-sshd")
@@ -389,6 +390,39 @@ def test_a_target_that_speaks_first_is_relayed_from_its_first_byte(
     [record] = gateway.ended_sessions(grant)
     assert (record["target"], record["bytes_up"]) == ("banner-sshd", 0)
     assert record["bytes_down"] == len(banner)  # counted, early bytes too
+
+
+@pytest.mark.parametrize("how", ["-L", "-W", "-J"])
+def test_no_raw_path_to_an_ssh_targets_sshd(gateway: Server, how: str) -> None:
+    """A grant with a database target permits forwarding; an SSH target in the same grant
+    must still be reached only through recorded sessions, never as raw bytes to its
+    sshd (where a planted key would give an unrecorded, ungated shell)."""
+    grant = gateway.issue("echo-db", "prod-web")
+    seq = gateway.audit_seq()
+    port = free_port()
+    if how == "-L":
+        proc = gateway.spawn(
+            "echo-db", grant.key,
+            opts=["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{port}:prod-web:22"],
+            log_level="INFO",
+        )  # fmt: skip
+        with _connect_when_listening(port) as sock:
+            assert sock.recv(100) == b""  # no sshd banner: the channel was refused
+        proc.wait_stderr("forwarding to SSH target prod-web is refused")
+        proc.stop()
+    else:
+        opts = ["-W", "prod-web:22"] if how == "-W" else []
+        argv = gateway.ssh_argv("echo-db", grant.key, opts=opts)
+        if how == "-J":  # ProxyJump through the bastion to prod-web's own sshd
+            jump = " ".join(gateway.ssh_argv("echo-db", grant.key, opts=["-W", "%h:%p"]))
+            argv = ["ssh", "-F", "/dev/null", "-o", f"ProxyCommand={jump}",
+                    "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                    "-o", "UserKnownHostsFile=/dev/null", "root@prod-web", "true"]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert done.returncode == 255, done
+        assert b"SSH-2.0-OpenSSH" not in done.stdout
+    [event] = gateway.audit("forward.refused", after=seq)
+    assert "forwarding to SSH target prod-web is refused" in event["details"]["reason"]
 
 
 def test_stdio_forward_relays_bytes(gateway: Server) -> None:

@@ -48,8 +48,11 @@ NODE_TIMEOUT_S = 3
 
 
 def node_config(url: str, name: str) -> str:
+    # Every client here comes from 127.0.0.1, and 100 log in to one node at once: one
+    # source is allowed that many at a time (`server.per_source_max_startups`).
     return (
         f'\n[server]\nnode = "{name}"\nheartbeat = "1s"\nnode_timeout = "{NODE_TIMEOUT_S}s"\n'
+        "per_source_max_startups = 100\n"
         f'\n[store]\nurl = "{url}"\n'
     )
 

@@ -18,6 +18,7 @@ from bastion.config import (
     open_home,
     resolve_home,
 )
+from bastion.startups import StartupLimits
 
 
 def write_config(home: Path, text: str) -> Path:
@@ -233,6 +234,34 @@ def test_operations_defaults(tmp_path: Path) -> None:
     assert config.metrics.allow_remote is False
 
 
+def test_startup_limits_default_to_a_hard_cap_and_ten_per_address(tmp_path: Path) -> None:
+    server = load_config(tmp_path).server
+    assert (server.per_source_max_startups, server.per_source_netblock) == (10, "32:128")
+    assert server.startup_limits == StartupLimits(
+        begin=100, rate=100, full=100, per_source=10, ipv4_prefix=32, ipv6_prefix=128
+    )
+    assert "per_source_max_startups = 10\n" in DEFAULT_CONFIG_TEXT
+    assert 'per_source_netblock = "32:128"\n' in DEFAULT_CONFIG_TEXT
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("max_startups = 20", StartupLimits(20, 100, 20, 10)),
+        ('max_startups = "20"', StartupLimits(20, 100, 20, 10)),
+        ('max_startups = "10:30:100"', StartupLimits(10, 30, 100, 10)),
+        (
+            'per_source_max_startups = 3\nper_source_netblock = "24:64"',
+            StartupLimits(100, 100, 100, 3, 24, 64),
+        ),
+        ('per_source_netblock = "16"', StartupLimits(100, 100, 100, 10, 16, 128)),
+    ],
+)
+def test_startup_limits_are_read(tmp_path: Path, text: str, expected: StartupLimits) -> None:
+    write_config(tmp_path, f"[server]\n{text}\n")
+    assert load_config(tmp_path).server.startup_limits == expected
+
+
 def test_operations_values_are_read(tmp_path: Path) -> None:
     write_config(
         tmp_path,
@@ -281,6 +310,29 @@ def test_metrics_off_loopback_with_allow_remote(tmp_path: Path) -> None:
         ("[server]\nmax_sessions = 1001\n", "server.max_sessions", "between 1 and 1000"),
         ('[server]\nmax_sessions = "10"\n', "server.max_sessions", "type int"),
         ("[server]\nmax_startups = 0\n", "server.max_startups", "between 1 and 100000"),
+        ('[server]\nmax_startups = "10:30"\n', "server.max_startups", "start:rate:full"),
+        ('[server]\nmax_startups = "60:30:10"\n', "server.max_startups", "start must be"),
+        ('[server]\nmax_startups = "10:0:60"\n', "server.max_startups", "rate must be"),
+        ("[server]\nmax_startups = 1.5\n", "server.max_startups", "type int"),
+        ("[server]\nmax_startups = true\n", "server.max_startups", "type int"),
+        (
+            "[server]\nper_source_max_startups = 0\n",
+            "server.per_source_max_startups",
+            "between 1 and 100000",
+        ),
+        (
+            '[server]\nper_source_max_startups = "10"\n',
+            "server.per_source_max_startups",
+            "type int",
+        ),
+        ('[server]\nper_source_netblock = "33"\n', "server.per_source_netblock", "0 and 32"),
+        (
+            '[server]\nper_source_netblock = "32:129"\n',
+            "server.per_source_netblock",
+            "0 and 128",
+        ),
+        ('[server]\nper_source_netblock = "/24"\n', "server.per_source_netblock", '"32:128"'),
+        ("[server]\nper_source_netblock = 24\n", "server.per_source_netblock", "type str"),
         ('[metrics]\nlisten = "nope"\n', "metrics.listen", "HOST:PORT"),
         ('[metrics]\nallow_remote = "yes"\n', "metrics.allow_remote", "type bool"),
         ("[metrics]\nport = 9464\n", "metrics.port", "unknown key"),

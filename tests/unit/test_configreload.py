@@ -67,6 +67,32 @@ shell_requires_approval = true
     assert plan.config == loaded
 
 
+def test_startup_limits_apply_at_once() -> None:
+    loaded = config(
+        """
+[server]
+listen = "127.0.0.1:2222"
+max_sessions = 10
+max_startups = "10:30:60"
+per_source_max_startups = 4
+per_source_netblock = "24:64"
+"""
+    )
+
+    plan = plan_reload(BASE, loaded)
+
+    assert plan.applied == (
+        "server.max_startups",
+        "server.per_source_max_startups",
+        "server.per_source_netblock",
+        "targets.db.databases",
+    )
+    assert plan.restart_required == ()
+    limits = plan.config.server.startup_limits
+    assert (limits.begin, limits.rate, limits.full, limits.per_source) == (10, 30, 60, 4)
+    assert (limits.ipv4_prefix, limits.ipv6_prefix) == (24, 64)
+
+
 def test_a_removed_target_table_reverts_to_the_defaults() -> None:
     plan = plan_reload(BASE, config('[server]\nlisten = "127.0.0.1:2222"'))
 
@@ -144,6 +170,8 @@ databases = ["app", "reporting"]
         ("recordings.dir", True),
         ("server.max_sessions", False),
         ("server.max_startups", False),
+        ("server.per_source_max_startups", False),
+        ("server.per_source_netblock", False),
         ("server.shutdown_grace", False),
         ("grants.max_ttl", False),
         ("approvals.commands", False),
@@ -254,8 +282,13 @@ def test_a_postgres_session_is_refused_when_its_database_leaves_the_allow_list()
 
 
 def test_forwards_are_decided_again_with_decide_forward() -> None:
-    rules = channel_rules(Config(), "raw")
+    rules = channel_rules(config("[targets.raw]\nraw_forwarding = true"), "raw")
     raw = target("raw")
+    # An SSH target's raw forward, once its opt-in is taken back, is closed.
+    refused = recheck_channel(
+        LiveChannel(grant("raw"), raw, SessionKind.FORWARD), channel_rules(Config(), "raw")
+    )
+    assert refused is not None and "forwarding to SSH target raw is refused" in refused.reason
     allowed = LiveChannel(grant("raw"), raw, SessionKind.FORWARD)
     no_forwarding = LiveChannel(grant("raw", forwarding=False), raw, SessionKind.FORWARD)
     other = LiveChannel(grant("web"), raw, SessionKind.FORWARD)

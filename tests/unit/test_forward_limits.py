@@ -4,16 +4,17 @@ them."""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bastion.access import Denial, ForwardLimits, decide_forward_count
+from bastion.access import Denial, ForwardLimits, decide_forward, decide_forward_count
 from bastion.config import DEFAULT_CONFIG_TEXT, Config, ConfigError, load_config, parse_config
 from bastion.configreload import needs_restart, plan_reload
-from bastion.models import Grant
+from bastion.models import Grant, Target, TargetKind
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 GRANT = Grant(
@@ -138,3 +139,30 @@ def test_a_reload_applies_both_at_once() -> None:
     assert (plan.config.server.max_forwards, plan.config.grants.max_forwards) == (4, 6)
     assert not needs_restart("server.max_forwards")
     assert not needs_restart("grants.max_forwards")
+
+
+# -- where a forward may go ----------------------------------------------------------
+
+
+def _target(name: str, kind: TargetKind) -> Target:
+    return Target(name, kind, "10.0.0.1", 22, "u", NOW, "alice", database="d")
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "allowed"),
+    [
+        (TargetKind.POSTGRES, False, True),  # the protocol-aware relay
+        (TargetKind.SSH, False, False),  # raw bytes to an sshd: an unrecorded shell
+        (TargetKind.SSH, True, True),  # a plain TCP service, on purpose
+    ],
+)
+def test_a_forward_reaches_an_ssh_target_only_where_it_opts_in(
+    kind: TargetKind, raw: bool, allowed: bool
+) -> None:
+    grant = dataclasses.replace(GRANT, targets=("db", "web"))
+    decision = decide_forward(grant, True, "web", {"web": _target("web", kind)}, lambda _: raw)
+    if allowed:
+        assert isinstance(decision, Target)
+    else:
+        assert isinstance(decision, Denial)
+        assert decision.reason.startswith("forwarding to SSH target web is refused")

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "bastion"
 
 # Lower layers first. A module may import from its own layer or any layer below it.
 LAYERS: list[set[str]] = [
-    {"errors", "clock", "models", "timespec", "render"},
+    {"errors", "clock", "models", "timespec", "render", "termtext"},
     {
         "auditchain",
         "cmdpolicy",
@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
         "webpolicy",
         "sshalgs",
         "approvalnotice",
+        "startups",
     },
     {"ca", "store", "recording", "notify", "sdnotify", "metrics"},
     {"service", "accessrequests", "doctor", "cluster", "webaccounts"},
@@ -40,6 +41,8 @@ LAYERS: list[set[str]] = [
 ]
 # Pure modules: no I/O libraries at all.
 PURE = {
+    "termtext",
+    "render",
     "pgtext",
     "pggate",
     "errors",
@@ -56,6 +59,7 @@ PURE = {
     "sshalgs",
     "approvalnotice",
     "knownhosts",
+    "startups",
 }
 IO_MODULES = {"socket", "asyncio", "asyncssh", "sqlite3", "psycopg", "subprocess"}
 
