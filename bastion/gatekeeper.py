@@ -162,6 +162,26 @@ class Gatekeeper:
         }
         log.info("forward refused: %s to %s:%d: %s", grant_id, host, port, reason, extra=fields)
 
+    def connection_killed(
+        self, session_id: str, by: str, reason: str, client: str, sessions: list[str]
+    ) -> None:
+        """A kill carried out: the connection that held `session_id` is closing, with
+        `sessions` (each also ends `killed` in its own `session.ended`)."""
+        with self.store.transaction() as tx:
+            tx.append_audit(
+                self.now(),
+                "gateway",
+                "connection.killed",
+                {
+                    "session": session_id,
+                    "by": by,
+                    "reason": reason,
+                    "node": self.node,
+                    "client": client,
+                    "sessions": sessions,
+                },
+            )
+
     def target(self, name: str) -> Target | None:
         return self.store.get_target(name)
 

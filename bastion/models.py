@@ -251,6 +251,24 @@ class Session:
         }
 
 
+@dataclass(frozen=True)
+class SessionKill:
+    """A kill asked for: the session named, and what its gateway will close with it.
+
+    A kill ends the whole SSH connection that carried the session (an OpenSSH
+    ControlMaster would otherwise open a new session on it at once): `connection` is every
+    session of that connection still open when the kill was asked (the named one included).
+    `revoked` says whether this kill also revoked `grant`; `grant_sessions` are the grant's
+    other open sessions, which a revocation closes too.
+    """
+
+    session: Session
+    connection: tuple[Session, ...]
+    grant: Grant
+    revoked: bool = False
+    grant_sessions: tuple[Session, ...] = ()
+
+
 class ApprovalState(enum.StrEnum):
     PENDING = "pending"
     APPROVED = "approved"

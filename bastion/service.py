@@ -52,6 +52,7 @@ from bastion.models import (
     RecordingState,
     Revocation,
     Session,
+    SessionKill,
     SslMode,
     Target,
     TargetKind,
@@ -661,22 +662,28 @@ class Bastion:
                     f"grant {grant_id} was already revoked at {format_time(grant.revocation.at)}"
                     f" by {grant.revocation.by}"
                 )
-            revocation = Revocation(at=now, by=self.actor, reason=reason or "no reason given")
-            tx.insert_revocation(grant_id, revocation)
-            tx.append_audit(
-                now,
-                self.actor,
-                "grant.revoked",
-                {
-                    "grant": grant_id,
-                    "agent": grant.agent,
-                    "task": grant.task,
-                    "serial": grant.serial,
-                    "reason": revocation.reason,
-                    "state_before": grant.state(now).value,
-                },
-            )
+            self._revoke(tx, grant, reason, now)
         return self.get_grant(grant_id)
+
+    def _revoke(
+        self, tx: StoreTx, grant: Grant, reason: str, now: datetime, **details: object
+    ) -> None:
+        revocation = Revocation(at=now, by=self.actor, reason=reason or "no reason given")
+        tx.insert_revocation(grant.id, revocation)
+        tx.append_audit(
+            now,
+            self.actor,
+            "grant.revoked",
+            {
+                "grant": grant.id,
+                "agent": grant.agent,
+                "task": grant.task,
+                "serial": grant.serial,
+                "reason": revocation.reason,
+                "state_before": grant.state(now).value,
+                **details,
+            },
+        )
 
     # -- sessions and approvals -------------------------------------------------
 
@@ -689,9 +696,19 @@ class Bastion:
             raise NotFound(f"unknown session {session_id!r} (see `bastion sessions list`)")
         return session
 
-    def kill_session(self, session_id: str, reason: str = "") -> Session:
-        """Ask the gateway running the session to close it (it watches the audit feed)."""
+    def kill_session(self, session_id: str, reason: str = "", revoke: bool = False) -> SessionKill:
+        """Have the gateway running the session close the whole SSH connection that carries
+        it (it watches the audit feed), with every session on it; with `revoke`, revoke
+        the session's grant in the same transaction, so its certificate logs in no more.
+
+        Without `revoke` the grant stays valid: the agent may log in again. The gateways
+        keep no cool-down for a killed grant (see README, "Killing a session").
+        """
         now = self.clock.now()
+        reason = reason or "no reason given"
+        # What else is open, read before the transaction: for the report only, the gateway
+        # closes what is open when it acts.
+        open_now = self.store.list_sessions(active_only=True, limit=100_000)
         with self.store.transaction() as tx:
             session = tx.get_session(session_id)
             if session is None:
@@ -701,6 +718,19 @@ class Bastion:
                     f"session {session_id} already ended at {format_time(session.ended_at)}"
                     f" ({session.end_reason})"
                 )
+            grant = tx.get_grant(session.grant_id)
+            if grant is None:  # a session row always names a stored grant
+                raise NotFound(f"session {session_id} names unknown grant {session.grant_id!r}")
+            live = [s for s in open_now if s.grant_id == session.grant_id]
+            # One connection: the same node and the same client address and port.
+            connection = [session] + [
+                s
+                for s in live
+                if s.id != session.id and (s.node, s.client) == (session.node, session.client)
+            ]
+            revoking = revoke and grant.revocation is None
+            # The kill first: the feed delivers events in order, so the connection closes
+            # as `killed` and the grant's other connections as `revoked`.
             tx.append_audit(
                 now,
                 self.actor,
@@ -710,10 +740,23 @@ class Bastion:
                     "grant": session.grant_id,
                     "agent": session.agent,
                     "node": session.node,
-                    "reason": reason or "no reason given",
+                    "client": session.client,
+                    "sessions": [s.id for s in connection],
+                    "revoke": revoking,
+                    "reason": reason,
                 },
             )
-        return session
+            if revoking:
+                self._revoke(tx, grant, reason, now, session=session_id)
+        closing = {s.id for s in connection}
+        others = tuple(s for s in live if s.id not in closing)
+        return SessionKill(
+            session=session,
+            connection=tuple(connection),
+            grant=self.get_grant(grant.id) if revoking else grant,
+            revoked=revoking,
+            grant_sessions=others if revoking else (),
+        )
 
     def list_approvals(self, include_all: bool = False) -> list[Approval]:
         """Pending requests still within their wait (all of them with `include_all`)."""

@@ -73,7 +73,9 @@ class GatewayConnection(asyncssh.SSHServer):
         self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._authenticating = False  # counted in the gateway's `authenticating`
+        # The source netblock this connection counts under in the gateway's `startups`
+        # while it authenticates; None once it is authenticated or gone (or was refused).
+        self._startup_block: str | None = None
 
     # -- authentication ---------------------------------------------------------
 
@@ -83,22 +85,14 @@ class GatewayConnection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         if peer:
             self.client = f"{peer[0]}:{peer[1]}"
-        gateway = self.gateway
-        limit = gateway.config.server.max_startups
-        if gateway.authenticating >= limit:
-            now = asyncio.get_running_loop().time()
-            if now - gateway.startups_logged_at >= 60:
-                gateway.startups_logged_at = now
-                log.warning(
-                    "closing the connection from %s: %d connections are authenticating"
-                    " (server.max_startups; logged once a minute)",
-                    self.client,
-                    limit,
-                )
+        # Read per connection: a reload's limits apply to the next one.
+        limits = self.gateway.config.server.startup_limits
+        block = self.gateway.startups.admit(limits, peer[0] if peer else "unknown", self.client)
+        if block is None:
+            # Before asyncssh sends its banner: the client reads nothing, the socket closes.
             conn.abort()
             return
-        gateway.authenticating += 1
-        self._authenticating = True
+        self._startup_block = block
         original = conn.validate_public_key
 
         async def validate_public_key(
@@ -239,10 +233,11 @@ class GatewayConnection(asyncssh.SSHServer):
             )
 
     def _authenticated(self) -> None:
-        """No longer counts against `server.max_startups` (authenticated, or gone)."""
-        if self._authenticating:
-            self._authenticating = False
-            self.gateway.authenticating -= 1
+        """No longer counts against `server.max_startups` and
+        `server.per_source_max_startups` (authenticated, or gone)."""
+        block, self._startup_block = self._startup_block, None
+        if block is not None:
+            self.gateway.startups.release(block)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._authenticated()
@@ -526,8 +521,13 @@ class GatewayConnection(asyncssh.SSHServer):
         """Decide on a forward (the targets read on a thread), then open it."""
         assert self.permit is not None
         targets = await asyncio.to_thread(self.gate.targets)
+        config = self.gateway.config
         decision = access.decide_forward(
-            self.permit.grant, self.permit.grant.permit_port_forwarding, dest_host, targets
+            self.permit.grant,
+            self.permit.grant.permit_port_forwarding,
+            dest_host,
+            targets,
+            lambda name: config.target_policy(name).raw_forwarding,
         )
         if isinstance(decision, Denial) or self.closing:
             reason = decision.reason if isinstance(decision, Denial) else "connection is closing"
@@ -536,10 +536,9 @@ class GatewayConnection(asyncssh.SSHServer):
                 self.gate.forward_refused, grant_id, dest_host, dest_port, reason
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
-        # Counted and reserved in this one turn of the loop, read from the configuration
-        # as it is now (a reload applies to the next open).
+        # Counted and reserved in this one turn of the loop (no await since `config` was
+        # read: a reload applies to the next open).
         grant = self.permit.grant
-        config = self.gateway.config
         limits = access.ForwardLimits(config.server.max_forwards, config.grants.max_forwards)
         over = access.decide_forward_count(
             grant, self.forwards_open, self._forwards_of_grant(grant.id), limits

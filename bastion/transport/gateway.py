@@ -12,6 +12,7 @@ import contextlib
 import functools
 import gc
 import logging
+import random
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -19,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
-from bastion import sshalgs
+from bastion import sshalgs, startups
 from bastion.approvalnotice import approval_event
 from bastion.config import Config
 from bastion.gatekeeper import Gatekeeper
@@ -68,6 +69,63 @@ POLL_INTERVAL = 0.2
 FALLBACK_POLL_INTERVAL = 2.0
 
 
+class StartupSlots:
+    """The connections still authenticating, counted in all and by source netblock.
+
+    `admit` asks `startups.decide_startup` whether one more may start, under the limits
+    of the configuration running now (a reload applies to the next connection); a
+    refusal is logged at most once a minute per setting, saying how many were refused in
+    between, and counted in the metrics. `release` gives the place back once the
+    connection is authenticated or gone.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.authenticating = 0
+        self.by_block: dict[str, int] = {}
+        self._metrics = metrics
+        self._logged_at: dict[str, float] = {}  # setting -> loop time of its last line
+        self._unlogged: dict[str, int] = {}  # setting -> refusals since that line
+
+    def admit(self, limits: startups.StartupLimits, host: str, client: str) -> str | None:
+        """The netblock the new connection from `host` now counts under, or None: refused."""
+        block = startups.source_block(host, limits.ipv4_prefix, limits.ipv6_prefix)
+        decision = startups.decide_startup(
+            limits, self.authenticating, self.by_block.get(block, 0), block, random.random()
+        )
+        if isinstance(decision, startups.StartupRefusal):
+            self._refused(decision, client)
+            return None
+        self.authenticating += 1
+        self.by_block[block] = self.by_block.get(block, 0) + 1
+        return block
+
+    def release(self, block: str) -> None:
+        self.authenticating -= 1
+        left = self.by_block[block] - 1
+        if left:
+            self.by_block[block] = left
+        else:
+            del self.by_block[block]  # a flood from many sources leaves nothing behind
+
+    def _refused(self, refusal: startups.StartupRefusal, client: str) -> None:
+        self._metrics.connection_dropped(refusal.setting)
+        setting = refusal.setting
+        now = asyncio.get_running_loop().time()
+        if now - self._logged_at.get(setting, -60.0) < 60:
+            self._unlogged[setting] = self._unlogged.get(setting, 0) + 1
+            return
+        self._logged_at[setting] = now
+        since = self._unlogged.pop(setting, 0)
+        log.warning(
+            "closing the connection from %s: %s (%s; logged once a minute%s)",
+            client,
+            refusal.reason,
+            setting,
+            f", {since} more closed since the last line" if since else "",
+            extra={"client": client, "event": "connection.dropped", "setting": setting},
+        )
+
+
 class Gateway:
     def __init__(
         self,
@@ -85,10 +143,6 @@ class Gateway:
         self.host_key_path = host_key_path
         self.close_grace = close_grace
         self.connections: set[GatewayConnection] = set()
-        # Connections not yet authenticated (`server.max_startups`), and when the last
-        # refusal of one was logged (one line a minute at most, in a flood).
-        self.authenticating = 0
-        self.startups_logged_at = -60.0
         # The recordings of live sessions (SSH and PostgreSQL alike), for the flusher.
         self.recordings: set[SessionRecording] = set()
         # The BackendKeyData each PostgreSQL relay gave its client -> that relay.
@@ -117,6 +171,9 @@ class Gateway:
         self.advertised = config.server.advertised_host_port
         self.metrics = metrics or Metrics()
         self.metrics.set_live(self.live_state)
+        # Connections not yet authenticated (`server.max_startups`), in all and by source
+        # netblock (`server.per_source_max_startups`).
+        self.startups = StartupSlots(self.metrics)
 
     def collect_before(self, when: float) -> None:
         """Run the garbage collector just before the deadline at loop time `when`.
@@ -504,7 +561,8 @@ class Gateway:
             if event.action == "grant.revoked":
                 self._revoked(details["grant"], event.actor, details.get("reason", ""))
             elif event.action == "session.kill_requested":
-                self._killed(details["session"], event.actor, details.get("reason", ""))
+                revoked = details["grant"] if details.get("revoke") else None
+                self._killed(details["session"], event.actor, details.get("reason", ""), revoked)
             elif event.action == "approval.decided":
                 await self._settle(self._waiters, details["approval"])
             elif event.action == "request.decided":
@@ -520,22 +578,34 @@ class Gateway:
                     f" - session closed; {conn.ask_again}",
                 )
 
-    def _killed(self, session_id: str, actor: str, reason: str) -> None:
+    def _killed(self, session_id: str, actor: str, reason: str, revoked: str | None) -> None:
+        """Close the whole connection that carries the session, every channel on it: a
+        kill means "stop this access", and an OpenSSH ControlMaster would otherwise open
+        a new session on the same connection at once. Each session ends `killed`."""
         for conn in list(self.connections):
-            for relay in list(conn.sessions) + list(conn.forwards):
-                if relay.record is not None and relay.record.id == session_id:
-                    self.metrics.forced_close(EndReason.KILLED.value)
-                    log.info(
-                        "session %s killed by %s: %s",
-                        session_id,
-                        actor,
-                        reason,
-                        extra={"event": "session.killed", "session": session_id, "actor": actor},
-                    )
-                    relay.fail(
-                        EndReason.KILLED,
-                        f"session {session_id} killed by {actor}: {reason}",
-                    )
+            relays = list(conn.sessions) + list(conn.forwards)
+            ids = sorted(r.record.id for r in relays if r.record is not None)
+            if session_id not in ids:
+                continue
+            if conn.closing:  # already closing for another reason, which its records say
+                return
+            message = f"session {session_id} killed by {actor}: {reason} - connection closed"
+            if revoked is not None:
+                message += f"; grant {revoked} revoked; {conn.ask_again}"
+            log.info(
+                "session %s killed by %s: %s; closing its connection from %s (%d sessions)",
+                session_id,
+                actor,
+                reason,
+                conn.client,
+                len(ids),
+                extra={"event": "session.killed", "session": session_id, "actor": actor},
+            )
+            self.write_later(
+                self.gate.connection_killed, session_id, actor, reason, conn.client, ids
+            )
+            conn.close_all(EndReason.KILLED, message)
+            return
 
 
 def _decided(record: D | None, pending: object) -> D | None:
