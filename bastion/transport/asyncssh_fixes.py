@@ -18,6 +18,14 @@ Last, asyncssh formats a log line for every packet sent and received before its 
 decides to drop it (packet logging is on only at debug level 3); the fix skips the
 formatting unless that level is set.
 
+And asyncssh answers a peer's SSH_MSG_CHANNEL_CLOSE at once, closing the session. An
+OpenSSH multiplexing client (ControlMaster) whose stdin is at its end closes a session
+channel as soon as the server's EOF arrives, before the exit status that follows it;
+sshd then finishes its side first (the exit status, then its close), as RFC 4254 allows,
+and so the client learns how the command ended. The fix lets a session that asks for it
+(`peer_closed()` returning True) do the same: our close is sent by the session once it
+has the command's end to report.
+
 On top of these, `asyncssh_fastpath` takes AES-GCM packets through asyncssh with fewer
 copies (see there).
 """
@@ -29,7 +37,7 @@ from typing import Any
 import asyncssh
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
-from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_CLOSE, MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import ProtocolError
@@ -70,6 +78,38 @@ def apply() -> None:
             log_packet(self, *args)
 
     SSHPacketLogger._log_packet = log_packet_when_logged  # type: ignore[method-assign,assignment]
+    process_close = SSHChannel._process_close
+    close = SSHChannel.close
+
+    def process_close_after_our_end(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+        peer_closed = getattr(self._session, "peer_closed", None)
+        if (
+            peer_closed is None
+            or self._recv_state not in {"open", "eof_pending", "eof"}
+            or self._send_state not in {"open", "eof_pending", "eof"}
+            or not peer_closed()
+        ):
+            process_close(self, pkttype, pktid, packet)
+            return
+        packet.check_end()
+        self.logger.info("Received channel close; finishing our side first")
+        self._recv_buf = []  # nothing more is read: the peer is done
+        self._recv_state = "eof"
+        self._bastion_lingering = True
+
+    def close_after_peer(self: Any) -> None:
+        if getattr(self, "_bastion_lingering", False) and self._recv_state == "eof":
+            # The peer closed already: nothing it would read is left to send but our
+            # requests (exit status) and our close, which closes the channel for good.
+            self._bastion_lingering = False
+            self._send_buf = []
+            self._send_buf_len = 0
+            self._recv_state = "close_pending"
+        close(self)
+
+    # Packets reach it through the class's handler table, built when the class was.
+    SSHChannel._packet_handlers[MSG_CHANNEL_CLOSE] = process_close_after_our_end
+    SSHChannel.close = close_after_peer  # type: ignore[method-assign]
     asyncssh_fastpath.install(send_packet_without_cbc_padding)
     _applied = True
 

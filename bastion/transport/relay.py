@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from bastion.transport.connection import GatewayConnection
 
 _PENDING_LIMIT = 256 * 1024
+# How long a session whose client closed its channel waits for the target's command to
+# end, to report its exit status before closing (sshd waits for as long as it runs).
+LINGER_SECONDS = 10.0
 _FORWARDED_ENV_PREFIXES = ("LC_",)
 _FORWARDED_ENV = ("LANG",)
 STDERR = asyncssh.EXTENDED_DATA_STDERR
@@ -45,6 +48,7 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         self._ended = False
         self._up_done = False
         self._lost = False
+        self._linger: asyncio.TimerHandle | None = None
         self.bytes_up = 0
         self.bytes_down = 0
         self.recording = SessionRecording(conn, self)
@@ -246,8 +250,29 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
             return True
         return False
 
+    def peer_closed(self) -> bool:
+        """The client closed the channel (asyncssh_fixes asks): with the target's command
+        still running, finish our side first, as sshd does: its input ends, and its exit
+        status is reported before our close (or, past LINGER_SECONDS, it is hung up on)."""
+        if self.up is None or self._up_done or self._ended or self._lost:
+            return False
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.up.write_eof()
+        loop = asyncio.get_running_loop()
+        self._linger = loop.call_later(LINGER_SECONDS, self._linger_expired)
+        return True
+
+    def _linger_expired(self) -> None:
+        if not self._ended:
+            self._close_upstream()
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.chan.close()
+            self._end(EndReason.CLIENT_CLOSED)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self._linger is not None:
+            self._linger.cancel()
         self.conn.sessions.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()

@@ -166,14 +166,6 @@ def control_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-MUX_CLOSE_RACE = (
-    "bastion bug: when the agent closes a session channel (an OpenSSH ControlMaster does so"
-    " as soon as the target's EOF arrives and the mux client's stdin is at EOF), the gateway"
-    " closes at once and drops the exit status still to come from the target, which sshd"
-    " waits for (the mux client exits 255; the command is cut short)"
-)
-
-
 def _mux(control_dir: Path) -> list[str]:
     return [
         "-o", "ControlMaster=auto",
@@ -235,15 +227,14 @@ def test_controlmaster_two_sessions_over_one_connection(gateway: Server, control
     assert len(logins) == 1, logins
 
 
-@pytest.mark.xfail(reason=MUX_CLOSE_RACE, strict=True)
 def test_controlmaster_exit_status_when_the_output_closes_first(
     gateway: Server, control_dir: Path
 ) -> None:
-    """Directly against sshd this mux client waits a second and exits 3. Through the
-    bastion it exits 255 at once: the target closes its output before it exits, the master
-    (its stdin at EOF) closes the channel on that EOF, and the gateway answers the close
-    without waiting for the exit status. `sleep 0.5; echo x` with stdin at EOF hits the
-    same race now and then, when sshd's EOF and exit status arrive apart."""
+    """The target closes its output before it exits, and the master (its stdin at EOF)
+    closes the channel on that EOF. Directly against sshd the mux client still waits a
+    second and exits 3: sshd reports the exit status before answering the close. So does
+    the gateway now (asyncssh_fixes; it used to answer the close at once, and the client
+    exited 255 with the command cut short)."""
     grant = gateway.issue(TARGET)
     mux = _mux(control_dir)
     try:
