@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.server
 import json
 import os
 import pty
@@ -601,6 +602,41 @@ class Server:
 
 
 # -- peers: the upstream login, a TCP echo "database" ----------------------------------
+
+
+class RecordingWebhook(http.server.BaseHTTPRequestHandler):
+    """A notification hook's receiver: each POST's JSON body and Content-Type, in order.
+    `status` is what it answers (set 500 to make the hook fail)."""
+
+    received: list[dict[str, Any]]
+    url: str
+    status = 204
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length))
+        type(self).received.append({"body": body, "content_type": self.headers.get("Content-Type")})
+        self.send_response(self.status)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def recording_webhook(path: str) -> Iterator[type[RecordingWebhook]]:
+    """A RecordingWebhook on 127.0.0.1 at a free port, at `path` (its `url`), stopped after."""
+    handler = type("Hook", (RecordingWebhook,), {"received": []})
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    handler.url = f"http://{LOOPBACK}:{server.server_address[1]}{path}"
+    try:
+        yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(2)
 
 
 @pytest.fixture(scope="session")

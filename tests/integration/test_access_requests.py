@@ -10,12 +10,10 @@ test; the command hook is a shell script writing what it got to a file.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import re
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -28,11 +26,13 @@ from tests.integration.conftest import (
     CONFIG,
     LOOPBACK,
     EchoServer,
+    RecordingWebhook,
     Server,
     Spawned,
     add_ssh_target,
     keygen,
     make_home,
+    recording_webhook,
     wait_until,
 )
 from tests.peers import Sshd, free_port
@@ -41,34 +41,10 @@ REQUEST_TIMEOUT_S = 4
 WAITING = r"bastion: waiting for approval \(request (r-[0-9a-f]+); up to (\S+)\)"
 
 
-class Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict[str, Any]]
-    status = 204
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        body = json.loads(self.rfile.read(length))
-        type(self).received.append({"body": body, "content_type": self.headers.get("Content-Type")})
-        self.send_response(self.status)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def webhook() -> Iterator[type[Hook]]:
-    handler = type("RecordingHook", (Hook,), {"received": []})
-    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    handler.url = f"http://{LOOPBACK}:{server.server_address[1]}/hooks/bastion?token=s3cret"  # type: ignore[attr-defined]
-    try:
-        yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(2)
+def webhook() -> Iterator[type[RecordingWebhook]]:
+    with recording_webhook("/hooks/bastion?token=s3cret") as hook:
+        yield hook
 
 
 def request_config(webhook_url: str, hook_script: Path) -> str:
@@ -96,7 +72,7 @@ def gw(
     sshd: Sshd,
     target_login_key: Path,
     echo_server: EchoServer,
-    webhook: type[Hook],
+    webhook: type[RecordingWebhook],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("requests")
@@ -104,7 +80,7 @@ def gw(
     hook_script = base / "hook.sh"
     hook_script.write_text(f'#!/bin/sh\ncat >> "{base}/hook.jsonl"\necho >> "{base}/hook.jsonl"\n')
     hook_script.chmod(0o755)
-    (home / "bastion.toml").write_text(request_config(webhook.url, hook_script))  # type: ignore[attr-defined]
+    (home / "bastion.toml").write_text(request_config(webhook.url, hook_script))
     add_ssh_target(home, "replica-web", sshd, target_login_key)
     server = Server(home, base)
     server.start()
@@ -348,7 +324,7 @@ def test_hanging_up_withdraws_the_request(gw: Server, agent_key: Path) -> None:
 
 
 def test_hooks_hear_of_requests_and_decisions(
-    gw: Server, agent_key: Path, webhook: type[Hook]
+    gw: Server, agent_key: Path, webhook: type[RecordingWebhook]
 ) -> None:
     client = ask_prod_web(gw, agent_key, "hook-1")
     request_id = client.wait_stderr(WAITING).group(1)
@@ -381,7 +357,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_failing_webhook_blocks_nothing(gw: Server, agent_key: Path, webhook: type[Hook]) -> None:
+def test_a_failing_webhook_blocks_nothing(
+    gw: Server, agent_key: Path, webhook: type[RecordingWebhook]
+) -> None:
     webhook.status = 500
     try:
         started = time.monotonic()

@@ -10,12 +10,10 @@ a local HTTP server on 127.0.0.1 (the webhook).
 from __future__ import annotations
 
 import functools
-import http.server
 import json
 import os
 import re
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +27,11 @@ from tests.integration import pg_helpers as pg
 from tests.integration.conftest import (
     APPROVAL_TIMEOUT_S,
     EchoServer,
+    RecordingWebhook,
     Server,
     Spawned,
     make_home,
+    recording_webhook,
     wait_until,
 )
 from tests.peers import Postgres, Sshd
@@ -60,32 +60,10 @@ def pg_reminder(approval_id: str, waited: int) -> str:
 # -- hooks ----------------------------------------------------------------------------
 
 
-class Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict[str, Any]]
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        type(self).received.append(json.loads(self.rfile.read(length)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def webhook() -> Iterator[type[Hook]]:
-    handler = type("ApprovalHook", (Hook,), {"received": []})
-    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    handler.url = f"http://{LOOPBACK}:{server.server_address[1]}/hook?token=s3cret"  # type: ignore[attr-defined]
-    try:
-        yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(2)
+def webhook() -> Iterator[type[RecordingWebhook]]:
+    with recording_webhook("/hook?token=s3cret") as hook:
+        yield hook
 
 
 def with_reminders_and_hooks(home: Path, base: Path, webhook_url: str | None) -> Path:
@@ -128,12 +106,12 @@ def gw(
     sshd: Sshd,
     target_login_key: Path,
     echo_server: EchoServer,
-    webhook: type[Hook],
+    webhook: type[RecordingWebhook],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("reminders")
     home = make_home(base, sshd, target_login_key, echo_server.port)
-    with_reminders_and_hooks(home, base, webhook.url)  # type: ignore[attr-defined]
+    with_reminders_and_hooks(home, base, webhook.url)
     server = Server(home, base)
     server.start()
     try:
@@ -153,7 +131,7 @@ def missing_path() -> str:
 
 
 def test_held_exec_is_told_at_once_and_reminded_until_approved(
-    gw: Server, webhook: type[Hook]
+    gw: Server, webhook: type[RecordingWebhook]
 ) -> None:
     grant = gw.issue("prod-web")
     command = f"rm -rf {missing_path()} && echo ran"
@@ -198,11 +176,13 @@ def test_held_exec_is_told_at_once_and_reminded_until_approved(
         "approved",
         "alice",
     )
-    posted = wait_until(
-        lambda: (
-            len(b := [e for e in webhook.received if e["approval"]["id"] == approval_id]) == 2 and b
-        )
-    )
+
+    def both() -> list[dict[str, Any]] | None:
+        bodies = [e["body"] for e in webhook.received]
+        found = [b for b in bodies if b["approval"]["id"] == approval_id]
+        return found if len(found) == 2 else None
+
+    posted = wait_until(both)
     assert [p["event"] for p in posted] == ["approval.created", "approval.decided"]
     assert "s3cret" not in gw.log()
 
