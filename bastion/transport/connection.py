@@ -32,7 +32,7 @@ from bastion.models import Agent, ApprovalState, EndReason, SessionKind, Target,
 from bastion.recording.writer import RecordingFailed
 from bastion.requestpolicy import REQUEST_LOGIN, request_line
 from bastion.transport import certs, upstream
-from bastion.transport.pgrelay import PgRelay
+from bastion.transport.pgrelay import CancelOnly, PgRelay
 from bastion.transport.recording import recording_header
 from bastion.transport.relay import ForwardRelay, SessionRelay
 from bastion.transport.requestchan import RequestSession
@@ -543,14 +543,14 @@ class GatewayConnection(asyncssh.SSHServer):
         over = access.decide_forward_count(
             grant, self.forwards_open, self._forwards_of_grant(grant.id), limits
         )
-        cancel_only: str | None = None
+        cancel_only: CancelOnly | None = None
         if over is not None:
             if decision.kind is TargetKind.POSTGRES and not self._cancel_channel:
                 # psql's Ctrl-C and a driver's cancel() open a connection of their own: at
                 # the limit one more channel may carry a CancelRequest (no login on the
                 # target), so a query can still be stopped. A StartupMessage on it is
                 # refused (53300) with the limit's reason.
-                cancel_only = f"{over.reason}: {dest_host}:{dest_port}"
+                cancel_only = CancelOnly(over.reason, dest_host, dest_port)
             else:
                 self.gateway.write_later(
                     self.gate.forward_refused, grant.id, dest_host, dest_port, over.reason
@@ -585,7 +585,7 @@ class GatewayConnection(asyncssh.SSHServer):
         )
 
     async def _open_forward(
-        self, target: Target, dest_host: str, dest_port: int, cancel_only: str | None = None
+        self, target: Target, dest_host: str, dest_port: int, cancel_only: CancelOnly | None = None
     ) -> ForwardRelay | PgRelay:
         assert self.permit is not None
         record = await asyncio.to_thread(
@@ -618,7 +618,7 @@ class GatewayConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
 
     async def _open_pg_forward(
-        self, target: Target, record: Any, cancel_only: str | None = None
+        self, target: Target, record: Any, cancel_only: CancelOnly | None = None
     ) -> PgRelay:
         """A PostgreSQL forward: its query log lives in its recording, started (file and
         row on a thread) before the channel opens."""

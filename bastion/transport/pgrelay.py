@@ -42,6 +42,7 @@ import contextlib
 import json
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,16 @@ _PASSED_PARAMETERS = (
 deny_statement = pggate.deny_statement
 
 
+@dataclass(frozen=True, slots=True)
+class CancelOnly:
+    """A channel opened past the forward limits, for a CancelRequest only: why a login on
+    it is refused, and the destination the agent asked for (for the audit)."""
+
+    reason: str
+    host: str
+    port: int
+
+
 class PgRelay(asyncssh.SSHTCPSession[bytes]):
     def __init__(
         self,
@@ -82,15 +93,14 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
         target: Target,
         record: Any,
         *,
-        cancel_only: str | None = None,
+        cancel_only: CancelOnly | None = None,
     ) -> None:
         self.conn = conn
         self.gateway = conn.gateway
         self.target = target
         self.record = record
         self.recording = SessionRecording(conn, self)  # started by the connection
-        # Opened past the forward limits, for a CancelRequest only: "REASON: HOST:PORT".
-        self.cancel_only = cancel_only
+        self.cancel_only = cancel_only  # opened past the forward limits
         self.chan: Any = None
         self.bytes_up = 0
         self.bytes_down = 0
@@ -183,14 +193,17 @@ class PgRelay(asyncssh.SSHTCPSession[bytes]):
                 self._spawn(self._cancel(event))
                 return
             elif isinstance(event, pgwire.StartupMessage) and self.cancel_only is not None:
-                reason, _, destination = self.cancel_only.rpartition(": ")
-                host, _, port = destination.rpartition(":")
+                refused = self.cancel_only
                 self.gateway.write_later(
-                    self.conn.gate.forward_refused, self.record.grant_id, host, int(port), reason
+                    self.conn.gate.forward_refused,
+                    self.record.grant_id,
+                    refused.host,
+                    refused.port,
+                    refused.reason,
                 )
                 self._fatal(
                     "53300",
-                    f"[bastion] {reason}; this connection may only carry a cancel request",
+                    f"[bastion] {refused.reason}; this connection may only carry a cancel request",
                     EndReason.DENIED,
                 )
                 return
