@@ -604,6 +604,17 @@ class Server:
 # -- peers: the upstream login, a TCP echo "database" ----------------------------------
 
 
+@contextlib.contextmanager
+def serving(home: Path, work: Path) -> Iterator[Server]:
+    """`bastion serve` on `home`, stopped by PID however the block ends."""
+    server = Server(home, work)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class RecordingWebhook(http.server.BaseHTTPRequestHandler):
     """A notification hook's receiver: each POST's JSON body and Content-Type, in order.
     `status` is what it answers (set 500 to make the hook fail)."""

@@ -377,3 +377,21 @@ def query_log(server: Server, session_id: str, timeout: float = 10.0) -> list[di
 def statements(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The statement entries of a query log (not the events such as `connected`)."""
     return [entry for entry in log if "sql" in entry and "event" not in entry]
+
+
+@contextlib.contextmanager
+def scratch_table(
+    postgres: Postgres, columns: str = "id int, v text", values: str = "i, 'v' || i"
+) -> Iterator[str]:
+    """A fresh table `t_<hex>(columns)` owned by app with three rows (`values` over
+    i = 1..3), dropped after."""
+    name = f"t_{os.urandom(4).hex()}"
+    postgres.psql(
+        f"SET ROLE {APP_USER}; CREATE TABLE {name} ({columns});"
+        f" INSERT INTO {name} SELECT {values} FROM generate_series(1, 3) i;",
+        db=APP_DB,
+    )
+    try:
+        yield name
+    finally:
+        postgres.psql(f"DROP TABLE IF EXISTS {name}", db=APP_DB)

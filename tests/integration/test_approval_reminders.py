@@ -32,6 +32,7 @@ from tests.integration.conftest import (
     Spawned,
     make_home,
     recording_webhook,
+    serving,
     wait_until,
 )
 from tests.peers import Postgres, Sshd
@@ -334,12 +335,8 @@ def pg_gw(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
     base = tmp_path_factory.mktemp("pg-reminders")
     home = pg.make_pg_home(base, postgres, pg.APP_DB)
     with_reminders_and_hooks(home, base, None)
-    server = Server(home, base)
-    server.start()
-    try:
+    with serving(home, base) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -349,14 +346,8 @@ def tunnel(pg_gw: Server) -> pg.Tunnel:
 
 @pytest.fixture
 def table(postgres: Postgres) -> Iterator[str]:
-    name = f"t_{time.monotonic_ns()}"
-    postgres.psql(
-        f"SET ROLE {pg.APP_USER}; CREATE TABLE {name} (id int);"
-        f" INSERT INTO {name} SELECT generate_series(1, 3);",
-        db=pg.APP_DB,
-    )
-    yield name
-    postgres.psql(f"DROP TABLE IF EXISTS {name}", db=pg.APP_DB)
+    with pg.scratch_table(postgres, "id int", "i") as name:
+        yield name
 
 
 def test_psql_prints_the_notice_and_reminders_before_the_statement_completes(

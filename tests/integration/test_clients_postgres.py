@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from tests.integration import pg_helpers as pg
-from tests.integration.conftest import Server, Spawned, cli, wait_until
+from tests.integration.conftest import Server, Spawned, cli, serving, wait_until
 from tests.peers import PG_BIN, Postgres
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
@@ -66,12 +66,8 @@ def pg_gateway(
     postgres: Postgres, alt_db: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("pg-clients")
-    server = Server(make_home(base, postgres, alt_db), base)
-    server.start()
-    try:
+    with serving(make_home(base, postgres, alt_db), base) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -83,14 +79,8 @@ def tunnel(pg_gateway: Server) -> pg.Tunnel:
 @pytest.fixture
 def table(postgres: Postgres) -> Iterator[str]:
     """A fresh table `t_<hex>(id int, v text)` owned by app, with rows 1..3; dropped after."""
-    name = f"t_{os.urandom(4).hex()}"
-    postgres.psql(
-        f"SET ROLE {pg.APP_USER}; CREATE TABLE {name} (id int, v text);"
-        f" INSERT INTO {name} SELECT i, 'v' || i FROM generate_series(1, 3) i;",
-        db=pg.APP_DB,
-    )
-    yield name
-    postgres.psql(f"DROP TABLE IF EXISTS {name}", db=pg.APP_DB)
+    with pg.scratch_table(postgres) as name:
+        yield name
 
 
 def rows_of(postgres: Postgres, sql: str, db: str = pg.APP_DB) -> list[str]:
